@@ -1,0 +1,73 @@
+/*
+ * table: the compiled route table, the hot path of every route request.
+ *
+ * Built once per (map, database) pair: the City database's search tree is
+ * walked, every distinct record is ranked once (rank.c), the map's nets are
+ * laid over the result, and the 128-bit address space becomes a sorted list
+ * of ranges, each pointing at a de-duplicated answer. Neighbouring ranges
+ * with the same answer are merged.
+ *
+ * Storage: IPv4 (::/96) ranges are keyed by 32-bit starts; the rest by the
+ * upper 64 bits of their starts, with a "fine" sub-list keyed by the lower
+ * 64 bits for the rare /64 block in which a boundary falls (a long map net,
+ * for instance). Each key list has a bucket index on its high bits so a
+ * lookup reads one bucket slot and searches a few dozen keys.
+ *
+ * Invariants: a built table is immutable and self-contained (it copies what
+ * it needs from the map); table_lookup() does not allocate, lock, log or
+ * call libmaxminddb, and is safe from any number of threads.
+ */
+#ifndef GS_TABLE_H
+#define GS_TABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "addr.h"
+#include "dcmap.h"
+#include "diag.h"
+#include "geo.h"
+#include "rank.h"
+
+struct table;
+
+struct table_stats {
+  size_t ranges; /* v4 + v6 ranges after merging */
+  size_t ranges_v4;
+  size_t ranges_v6;
+  size_t fine_keys; /* keys in the fine (lower 64 bit) sub-lists */
+  size_t answers;   /* distinct answers */
+  size_t records;   /* distinct database records ranked */
+  size_t bytes;     /* memory held by the table */
+  double build_seconds;
+};
+
+/*
+ * Compiles the table for map m and database g. Neither is referenced after
+ * the call returns. On success *out owns the table (table_free) and 0 is
+ * returned; otherwise a message is appended to d and a negative code
+ * returned, *out untouched.
+ */
+int table_build(const struct dcmap *m, struct geo *g, struct table **out,
+                struct diag *d);
+void table_free(struct table *t);
+
+/*
+ * Looks up the client address a (raw: IPv4-mapped, 6to4 and Teredo are
+ * resolved here). Returns the answer, valid as long as t, and sets *scope to
+ * the prefix length for which that answer holds, counted in IPv4 bits for
+ * addresses resolved as IPv4 and IPv6 bits otherwise.
+ */
+const struct answer *table_lookup(const struct table *t, addr128 a,
+                                  uint8_t *scope);
+
+/* Answer by id (0..answers-1), for listings. */
+const struct answer *table_answer(const struct table *t, size_t id);
+
+void table_get_stats(const struct table *t, struct table_stats *out);
+
+/* The map's DC table as copied into t (ids, endpoints, coordinates). */
+const struct dc *table_dc(const struct table *t, size_t index);
+size_t table_ndcs(const struct table *t);
+
+#endif
