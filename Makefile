@@ -84,7 +84,7 @@ $(BUILD)/run-tests: $(TEST_OBJ) $(ENGINE_SAN_OBJ)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS) $(TEST_LIBS)
 
 test: $(BUILD)/run-tests $(BUILD)/geosteer $(GEODB)
-	GS_SOURCE_DIR=$(CURDIR) $(BUILD)/run-tests
+	GS_SOURCE_DIR=$(CURDIR) GS_CLI=$(CURDIR)/$(BUILD)/geosteer $(BUILD)/run-tests
 
 bench-lookup: $(BUILD)/bench-lookup $(GEODB)
 	$(BUILD)/bench-lookup --db $(GEODB) --map examples/dcmap.yaml
@@ -102,7 +102,8 @@ format-check: | deps
 
 # Both compilers must build clean; CI runs this.
 check-clang: | deps
-	$(MAKE) BUILD=$(BUILD)/clang CC=clang all $(BUILD)/clang/bench-lookup
+	$(MAKE) BUILD=$(BUILD)/clang CC=clang all $(BUILD)/clang/bench-lookup \
+	  $(BUILD)/clang/run-tests
 
 clean:
 	rm -rf $(BUILD)
