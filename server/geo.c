@@ -177,7 +177,8 @@ int geo_lookup(struct geo *g, addr128 a, struct geo_loc *loc, bool *found,
   r = MMDB_lookup_sockaddr(&g->mmdb, (struct sockaddr *)&ss, &mmdb_error);
   if (mmdb_error != MMDB_SUCCESS)
     return GS_ERR_DB;
-  *plen = addr_is_v4(a) ? r.netmask + 96 : r.netmask;
+  /* In an IPv6 tree the netmask counts IPv6 bits, IPv4 lookups included. */
+  *plen = r.netmask;
   if (!r.found_entry) {
     *found = false;
     return 0;
