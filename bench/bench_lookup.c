@@ -19,20 +19,12 @@
 #include "geo.h"
 #include "geosteer/geosteer.h"
 #include "rank.h"
+#include "rng.h"
 #include "table.h"
 
 #define ROUNDS 3
 
-static uint64_t rng_state;
-
-/* splitmix64: small, fast, and the same sequence everywhere. */
-static uint64_t rng_next(void)
-{
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+static struct rng rng;
 
 static double now(void)
 {
@@ -144,12 +136,13 @@ int main(int argc, char **argv)
   addr128 *addrs = malloc(n * sizeof(*addrs));
   if (addrs == NULL)
     return 1;
-  rng_state = seed;
+  rng.state = seed;
   for (size_t i = 0; i < n_each; i++)
-    addrs[i] = (addr128)(uint32_t)rng_next();
+    addrs[i] = (addr128)(uint32_t)rng_next(&rng);
   for (size_t i = n_each; i < n; i++) {
-    size_t k = rng_next() % v6.n;
-    addr128 host = addr_make(rng_next(), rng_next()) & ~addr_mask(v6.plen[k]);
+    size_t k = rng_next(&rng) % v6.n;
+    addr128 host =
+        addr_make(rng_next(&rng), rng_next(&rng)) & ~addr_mask(v6.plen[k]);
     addrs[i] = v6.start[k] | host;
   }
 

@@ -15,19 +15,12 @@
 #include "geosteer/geosteer.h"
 #include "helpers.h"
 #include "rank.h"
+#include "rng.h"
 #include "table.h"
 
 #define N_ADDRESSES 200000
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+static struct rng rng;
 
 struct nets {
   addr128 start[1 << 16];
@@ -43,7 +36,7 @@ static int sample_net(void *ctx, addr128 start, int plen,
   (void)idx;
   if (loc == NULL)
     return 0;
-  size_t slot = s->seen < (1 << 16) ? s->seen : rng_next() % (s->seen + 1);
+  size_t slot = s->seen < (1 << 16) ? s->seen : rng_next(&rng) % (s->seen + 1);
   s->seen++;
   if (slot < (1 << 16)) {
     s->start[slot] = start;
@@ -56,25 +49,27 @@ static int sample_net(void *ctx, addr128 start, int plen,
 
 static addr128 random_address(const struct nets *s, int kind)
 {
-  uint32_t v4 = (uint32_t)rng_next();
+  uint32_t v4 = (uint32_t)rng_next(&rng);
   size_t k;
 
   switch (kind) {
   case 0: /* any IPv4 address */
     return v4;
   case 1: /* inside a database network (either family) */
-    k = rng_next() % s->n;
+    k = rng_next(&rng) % s->n;
     return s->start[k] |
-           (addr_make(rng_next(), rng_next()) & ~addr_mask(s->plen[k]));
+           (addr_make(rng_next(&rng), rng_next(&rng)) & ~addr_mask(s->plen[k]));
   case 2: /* IPv4-mapped */
     return ((addr128)0xffff << 32) | v4;
   case 3: /* 6to4 */
-    return addr_make(0x2002000000000000ull | ((uint64_t)v4 << 16), rng_next());
+    return addr_make(0x2002000000000000ull | ((uint64_t)v4 << 16),
+                     rng_next(&rng));
   case 4: /* Teredo: client address inverted in the last 32 bits */
-    return addr_make(0x2001000000000000ull | (rng_next() & 0xffffffffull),
-                     (rng_next() << 32) | (uint32_t)~v4);
+    return addr_make(0x2001000000000000ull | (rng_next(&rng) & 0xffffffffull),
+                     (rng_next(&rng) << 32) | (uint32_t)~v4);
   default: /* anywhere in global unicast */
-    return addr_make(0x2000000000000000ull | (rng_next() >> 3), rng_next());
+    return addr_make(0x2000000000000000ull | (rng_next(&rng) >> 3),
+                     rng_next(&rng));
   }
 }
 
@@ -94,7 +89,7 @@ static void check_equivalence(const char *map_rel, const char *db_rel,
   cr_assert_eq(dcmap_load(map, &m, &d), 0);
   cr_assert_eq(geo_open(db, &g, &d), 0, "%s (run scripts/fetch-geodb)", db);
   cr_assert_eq(table_build(m, g, &t, &d), 0);
-  rng_state = seed;
+  rng.state = seed;
   memset(&s, 0, sizeof(s));
   cr_assert_eq(geo_walk(g, sample_net, &s, NULL), 0);
   cr_assert_gt(s.n, 0);
