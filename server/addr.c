@@ -118,17 +118,16 @@ addr128 addr_normalize(addr128 a)
   return a;
 }
 
-static bool overlaps(addr128 net, int plen, addr128 space, int space_len)
+static bool inside(addr128 net, int plen, addr128 space, int space_len)
 {
-  int shorter = plen < space_len ? plen : space_len;
-  return ((net ^ space) & addr_mask(shorter)) == 0;
+  return plen >= space_len && ((net ^ space) & addr_mask(space_len)) == 0;
 }
 
 bool addr_in_alias_space(addr128 net, int plen)
 {
-  return overlaps(net, plen, MAPPED_PREFIX, 96) ||
-         overlaps(net, plen, (addr128)SIX_TO_FOUR_HI << 112, 16) ||
-         overlaps(net, plen, (addr128)TEREDO_HI << 96, 32);
+  return inside(net, plen, MAPPED_PREFIX, 96) ||
+         inside(net, plen, (addr128)SIX_TO_FOUR_HI << 112, 16) ||
+         inside(net, plen, (addr128)TEREDO_HI << 96, 32);
 }
 
 void addr_format(addr128 a, char *buf, size_t size)

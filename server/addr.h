@@ -76,7 +76,12 @@ int addr_parse_cidr(const char *text, addr128 *net, int *plen, char *why,
  */
 addr128 addr_normalize(addr128 a);
 
-/* True when net/plen overlaps an IPv4 alias space (mapped, 6to4, Teredo). */
+/*
+ * True when net/plen lies inside an IPv4 alias space (mapped, 6to4,
+ * Teredo): no address routed by it would ever match, since such addresses
+ * are resolved as their embedded IPv4 address. A wider net that merely
+ * contains an alias space is fine.
+ */
 bool addr_in_alias_space(addr128 net, int plen);
 
 /* Writes the text form (IPv4 dotted for ::/96 except ::); buf >= 46. */

@@ -375,7 +375,7 @@ static void load_nets(struct loader *ld, yaml_node_t *n)
       ok = false;
     } else if (addr_in_alias_space(r->net, r->plen)) {
       yamldoc_error(y, k, NULL,
-                    "key in nets: %s overlaps an IPv4 alias space "
+                    "key in nets: %s lies inside an IPv4 alias space "
                     "(::ffff:0:0/96, 2001::/32 or 2002::/16); addresses there "
                     "are routed as their embedded IPv4 address, so write the "
                     "IPv4 network instead",

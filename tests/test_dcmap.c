@@ -218,7 +218,7 @@ static const struct bad_case bad_cases[] = {
      "7: key in nets: expected a CIDR, got \"office\": expected "
      "ADDRESS/LENGTH"},
     {"net alias space", HEAD "nets:\n  \"2002::/16\": [ams]\n",
-     "7: key in nets: 2002::/16 overlaps an IPv4 alias space"},
+     "7: key in nets: 2002::/16 lies inside an IPv4 alias space"},
     {"net twice",
      HEAD "nets:\n  \"10.0.0.0/8\": [ams]\n  \"10.0.0.0/8\": [fra]\n",
      "8: nets: 10.0.0.0/8 is given twice (as 10.0.0.0/8)"},
