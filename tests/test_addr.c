@@ -99,7 +99,7 @@ Test(addr, alias_spaces)
                          "2001:0:1::/48", "::ffff:10.0.0.0/104"};
   /* Wider nets that contain an alias space are fine. */
   const char *plain[] = {"2001:db8::/32", "2a02::/16", "10.0.0.0/8",
-                         "2000::/3", "::/0", "2001::/16"};
+                         "2000::/3",      "::/0",      "2001::/16"};
   for (size_t i = 0; i < sizeof(alias) / sizeof(alias[0]); i++) {
     cr_assert_eq(addr_parse_cidr(alias[i], &net, &plen, why, sizeof(why)), 0);
     cr_assert(addr_in_alias_space(net, plen), "%s", alias[i]);
