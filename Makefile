@@ -23,23 +23,30 @@ SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
 CFLAGS ?=
 
 ENGINE_SRC := server/addr.c server/diag.c server/errors.c server/yamldoc.c \
-              server/dcmap.c server/geo.c server/rank.c server/table.c
+              server/dcmap.c server/geo.c server/rank.c server/table.c \
+              server/config.c server/scan.c
+# The daemon's modules; geosteerd.c holds main() and stays out of the lib.
+SERVER_SRC := server/log.c server/rpc.c server/conn.c server/store.c \
+              server/reload.c server/route.c server/admin.c server/stats.c
 CLI_SRC := client/geosteer.c
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_LOOKUP_SRC := bench/bench_lookup.c
 
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/opt/%.o)
 ENGINE_SAN_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/san/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/opt/%.o)
+SERVER_SAN_OBJ := $(SERVER_SRC:%.c=$(BUILD)/san/%.o)
+CLIENT_SRC := client/gsclient.c
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/san/%.o)
 
 GEODB := data/GeoLite2-City.mmdb
 FIXTURE_DB := tests/fixtures/city-test.mmdb
 
-.PHONY: all deps test bench-lookup format format-check clean help fixtures \
+.PHONY: all deps test run bench-lookup format format-check clean help fixtures \
         check-clang geodb
 .DEFAULT_GOAL := all
 
-all: $(BUILD)/geosteer $(BUILD)/libgeosteer.a
+all: $(BUILD)/geosteer $(BUILD)/geosteerd $(BUILD)/libgeosteer.a
 
 help:
 	@echo "make            build the library and tools into build/"
@@ -74,17 +81,38 @@ $(BUILD)/libgeosteer.a: $(ENGINE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/geosteer: $(BUILD)/opt/client/geosteer.o $(BUILD)/libgeosteer.a
+$(BUILD)/geosteerd: $(BUILD)/opt/server/geosteerd.o $(SERVER_OBJ) \
+                   $(BUILD)/libgeosteer.a
+	$(CC) $(OPT_CFLAGS) $(CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/geosteer: $(BUILD)/opt/client/geosteer.o $(BUILD)/opt/client/gsclient.o \
+                  $(BUILD)/libgeosteer.a
 	$(CC) $(OPT_CFLAGS) $(CFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BUILD)/bench-lookup: $(BUILD)/opt/bench/bench_lookup.o $(BUILD)/libgeosteer.a
 	$(CC) $(OPT_CFLAGS) $(CFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BUILD)/run-tests: $(TEST_OBJ) $(ENGINE_SAN_OBJ)
+# The tests drive a sanitized geosteerd, so a leak or overflow in the
+# daemon fails them too (LeakSanitizer turns a leak into exit status 1).
+$(BUILD)/geosteerd-san: $(BUILD)/san/server/geosteerd.o $(SERVER_SAN_OBJ) \
+                       $(ENGINE_SAN_OBJ)
+	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/run-tests: $(TEST_OBJ) $(SERVER_SAN_OBJ) $(ENGINE_SAN_OBJ) \
+                    $(CLIENT_SRC:%.c=$(BUILD)/san/%.o)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS) $(TEST_LIBS)
 
-test: $(BUILD)/run-tests $(BUILD)/geosteer $(GEODB)
-	GS_SOURCE_DIR=$(CURDIR) GS_CLI=$(CURDIR)/$(BUILD)/geosteer $(BUILD)/run-tests
+test: $(BUILD)/run-tests $(BUILD)/geosteer $(BUILD)/geosteerd-san $(GEODB)
+	GS_SOURCE_DIR=$(CURDIR) GS_CLI=$(CURDIR)/$(BUILD)/geosteer \
+	  GS_DAEMON=$(CURDIR)/$(BUILD)/geosteerd-san $(BUILD)/run-tests
+
+# Starts the server on the example configuration, in the foreground.
+run: $(BUILD)/geosteerd $(BUILD)/geosteer $(GEODB)
+	@mkdir -p var
+	@echo "geosteerd: route 127.0.0.1:7400 and [::1]:7400, admin var/admin.sock,"
+	@echo "           metrics http://127.0.0.1:9400/metrics; Ctrl-C stops it."
+	@echo "try, from another terminal: build/geosteer route --ip 81.2.69.142"
+	exec $(BUILD)/geosteerd -c examples/geosteer.yaml
 
 bench-lookup: $(BUILD)/bench-lookup $(GEODB)
 	$(BUILD)/bench-lookup --db $(GEODB) --map examples/dcmap.yaml
@@ -109,3 +137,26 @@ clean:
 	rm -rf $(BUILD)
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# --- fuzzing (scan) --------------------------------------------------------
+# make fuzz [FUZZ_SECONDS=60]: libFuzzer on the MessagePack scanner, with
+# clang. It runs on $(BUILD)/fuzz-corpus, seeded from the committed
+# fuzz/corpus/scan (which it never writes) and kept between runs; a crash
+# leaves its input in $(BUILD)/crash-*. fuzz/make-corpus.sh remakes the seeds.
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
+               -fno-sanitize-recover=all -std=c11 $(WARN) -Iinclude -Iserver
+
+.PHONY: fuzz
+
+$(BUILD)/fuzz-scan: fuzz/fuzz_scan.c server/scan.c server/scan.h | deps
+	@mkdir -p $(BUILD)
+	clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ fuzz/fuzz_scan.c server/scan.c \
+	  -lmsgpackc
+
+fuzz: $(BUILD)/fuzz-scan
+	@mkdir -p $(BUILD)/fuzz-corpus
+	cp fuzz/corpus/scan/* $(BUILD)/fuzz-corpus/
+	$(BUILD)/fuzz-scan -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	  -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus
+# --- end fuzzing -----------------------------------------------------------

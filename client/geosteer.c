@@ -4,8 +4,13 @@
  * Offline commands work on files and need no server:
  *   geosteer map check MAP [--db DB]      validate a map (and build a table)
  *   geosteer explain IP --map MAP --db DB  show how an address is routed
- * Output is for people by default; --json prints one JSON object for
- * scripts. Exit status: 0 success, 1 the input is bad, 2 usage error.
+ * Client commands talk to a running geosteerd:
+ *   geosteer route [--server HOST:PORT] [--user U] [--ip IP] ...
+ *   geosteer [--admin SOCK] map reload|show, dc drain|undrain|list,
+ *            stats, explain IP
+ * Output is for people by default; --json prints one JSON value for
+ * scripts. Exit status: 0 success, 1 failure (bad input, an error reply,
+ * no server), 2 usage error.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,6 +19,7 @@
 #include <time.h>
 
 #include "dcmap.h"
+#include "geosteer/client.h"
 #include "geo.h"
 #include "geosteer/geosteer.h"
 #include "rank.h"
@@ -22,9 +28,17 @@
 #define EXIT_BAD 1
 #define EXIT_USAGE 2
 
+#define DEFAULT_SERVER "127.0.0.1:7400"
+#define DEFAULT_ADMIN "var/admin.sock"
+#define TIMEOUT_MS 30000 /* map.reload waits for a whole rebuild */
+
 struct opts {
   const char *map;
   const char *db;
+  const char *server;
+  const char *admin;
+  const char *user, *ip, *hint, *session;
+  bool no_geo;
   bool json;
   const char *args[4]; /* positional arguments */
   int nargs;
@@ -35,12 +49,25 @@ static void usage(FILE *out)
   fprintf(out,
           "usage: geosteer [--json] COMMAND ...\n"
           "\n"
+          "Offline (files only):\n"
           "  map check MAP [--db DB]       validate a data-center map; with\n"
           "                                --db also build the route table\n"
           "  explain IP --map MAP --db DB  show how an address is routed\n"
-          "  --version                     print the version\n"
           "\n"
-          "Exit status: 0 ok, 1 bad input, 2 usage error.\n");
+          "Session clients (route listener, default " DEFAULT_SERVER "):\n"
+          "  route [--server HOST:PORT] [--user U] [--ip IP] [--hint DC]\n"
+          "        [--no-geo] [--session S]\n"
+          "\n"
+          "Operations (admin socket, default " DEFAULT_ADMIN "):\n"
+          "  [--admin SOCK] map reload | map show\n"
+          "  [--admin SOCK] dc drain DC | dc undrain DC | dc list\n"
+          "  [--admin SOCK] stats\n"
+          "  [--admin SOCK] explain IP\n"
+          "\n"
+          "  --json     print JSON for scripts\n"
+          "  --version  print the version\n"
+          "\n"
+          "Exit status: 0 ok, 1 failure, 2 usage error.\n");
 }
 
 static int parse_opts(int argc, char **argv, int first, struct opts *o)
@@ -49,15 +76,25 @@ static int parse_opts(int argc, char **argv, int first, struct opts *o)
     const char *a = argv[i];
     if (!strcmp(a, "--json")) {
       o->json = true;
-    } else if (!strcmp(a, "--map") || !strcmp(a, "--db")) {
+    } else if (!strcmp(a, "--no-geo")) {
+      o->no_geo = true;
+    } else if (!strcmp(a, "--map") || !strcmp(a, "--db") ||
+               !strcmp(a, "--server") || !strcmp(a, "--admin") ||
+               !strcmp(a, "--user") || !strcmp(a, "--ip") ||
+               !strcmp(a, "--hint") || !strcmp(a, "--session")) {
+      const char **slot = !strcmp(a, "--map")      ? &o->map
+                          : !strcmp(a, "--db")     ? &o->db
+                          : !strcmp(a, "--server") ? &o->server
+                          : !strcmp(a, "--admin")  ? &o->admin
+                          : !strcmp(a, "--user")   ? &o->user
+                          : !strcmp(a, "--ip")     ? &o->ip
+                          : !strcmp(a, "--hint")   ? &o->hint
+                                                   : &o->session;
       if (i + 1 >= argc) {
-        fprintf(stderr, "geosteer: %s needs a file\n", a);
+        fprintf(stderr, "geosteer: %s needs a value\n", a);
         return -1;
       }
-      if (!strcmp(a, "--map"))
-        o->map = argv[++i];
-      else
-        o->db = argv[++i];
+      *slot = argv[++i];
     } else if (a[0] == '-' && a[1] != '\0') {
       fprintf(stderr, "geosteer: unknown option '%s'\n", a);
       return -1;
@@ -287,6 +324,214 @@ done:
   return rc;
 }
 
+/* ---- client commands ---------------------------------------------------- */
+
+static void print_json(const msgpack_object *o)
+{
+  switch (o->type) {
+  case MSGPACK_OBJECT_NIL:
+    printf("null");
+    break;
+  case MSGPACK_OBJECT_BOOLEAN:
+    printf(o->via.boolean ? "true" : "false");
+    break;
+  case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    printf("%llu", (unsigned long long)o->via.u64);
+    break;
+  case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+    printf("%lld", (long long)o->via.i64);
+    break;
+  case MSGPACK_OBJECT_FLOAT32:
+  case MSGPACK_OBJECT_FLOAT64:
+    printf("%.6g", o->via.f64);
+    break;
+  case MSGPACK_OBJECT_STR: {
+    char *s = strndup(o->via.str.ptr, o->via.str.size);
+    json_str(s ? s : "");
+    free(s);
+    break;
+  }
+  case MSGPACK_OBJECT_ARRAY:
+    putchar('[');
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+      if (i)
+        putchar(',');
+      print_json(&o->via.array.ptr[i]);
+    }
+    putchar(']');
+    break;
+  case MSGPACK_OBJECT_MAP:
+    putchar('{');
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+      if (i)
+        putchar(',');
+      print_json(&o->via.map.ptr[i].key);
+      putchar(':');
+      print_json(&o->via.map.ptr[i].val);
+    }
+    putchar('}');
+    break;
+  default:
+    printf("null");
+  }
+}
+
+static bool is_scalar(const msgpack_object *o)
+{
+  return o->type != MSGPACK_OBJECT_ARRAY && o->type != MSGPACK_OBJECT_MAP;
+}
+
+/* Indented "key: value" text, one fact per line. */
+static void print_human(const msgpack_object *o, int indent, bool in_list)
+{
+  if (is_scalar(o)) {
+    if (o->type == MSGPACK_OBJECT_STR)
+      printf("%.*s\n", (int)o->via.str.size, o->via.str.ptr);
+    else if (o->type == MSGPACK_OBJECT_FLOAT32 ||
+             o->type == MSGPACK_OBJECT_FLOAT64)
+      printf("%.4g\n", o->via.f64);
+    else {
+      print_json(o);
+      putchar('\n');
+    }
+    return;
+  }
+  if (o->type == MSGPACK_OBJECT_ARRAY) {
+    if (o->via.array.size == 0)
+      printf("%s(none)\n", in_list ? "" : "");
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+      printf("%*s- ", indent, "");
+      print_human(&o->via.array.ptr[i], indent + 2, true);
+    }
+    return;
+  }
+  for (uint32_t i = 0; i < o->via.map.size; i++) {
+    const msgpack_object *k = &o->via.map.ptr[i].key;
+    const msgpack_object *v = &o->via.map.ptr[i].val;
+    if (!(in_list && i == 0))
+      printf("%*s", indent, "");
+    printf("%.*s:", k->type == MSGPACK_OBJECT_STR ? (int)k->via.str.size : 1,
+           k->type == MSGPACK_OBJECT_STR ? k->via.str.ptr : "?");
+    if (is_scalar(v)) {
+      putchar(' ');
+      print_human(v, 0, false);
+    } else if ((v->type == MSGPACK_OBJECT_ARRAY && v->via.array.size == 0) ||
+               (v->type == MSGPACK_OBJECT_MAP && v->via.map.size == 0)) {
+      printf(" (none)\n");
+    } else {
+      putchar('\n');
+      print_human(v, indent + 2, false);
+    }
+  }
+}
+
+static int report_call_error(const char *where, int rc,
+                             const gs_remote_error *err)
+{
+  if (rc == GS_ERR_REMOTE)
+    fprintf(stderr, "geosteer: %s: %s (%d): %s\n", where, err->name, err->code,
+            err->message);
+  else
+    fprintf(stderr, "geosteer: %s: %s\n", where, gs_client_strerror(rc));
+  return EXIT_BAD;
+}
+
+static int cmd_admin(struct opts *o, const char *method, const char *argname)
+{
+  const char *where = o->admin ? o->admin : DEFAULT_ADMIN;
+  gs_client *c = NULL;
+  gs_remote_error err;
+  gs_arg arg;
+  const msgpack_object *r;
+  int rc;
+
+  if ((argname && o->nargs != 1) || (!argname && o->nargs != 0)) {
+    fprintf(stderr, "geosteer: %s takes %s\n", method,
+            argname ? "one argument" : "no arguments");
+    return EXIT_USAGE;
+  }
+  /* A bare path without a slash would read as host:port. */
+  char path[4096];
+  if (strchr(where, '/') == NULL) {
+    snprintf(path, sizeof(path), "./%s", where);
+    where = path;
+  }
+  if ((rc = gs_client_connect(where, TIMEOUT_MS, &c)) != 0) {
+    fprintf(stderr,
+            "geosteer: cannot connect to %s: %s (is geosteerd "
+            "running? --admin names its admin socket)\n",
+            where, gs_client_strerror(rc));
+    return EXIT_BAD;
+  }
+  arg = (gs_arg){argname, argname ? o->args[0] : NULL, false};
+  rc = gs_client_call(c, method, &arg, argname ? 1 : 0, &r, &err);
+  if (rc != 0) {
+    rc = report_call_error(method, rc, &err);
+  } else {
+    if (o->json)
+      print_json(r), putchar('\n');
+    else
+      print_human(r, 0, false);
+    rc = 0;
+  }
+  gs_client_close(c);
+  return rc;
+}
+
+static int cmd_route(struct opts *o)
+{
+  const char *where = o->server ? o->server : DEFAULT_SERVER;
+  gs_client *c = NULL;
+  gs_remote_error err;
+  gs_route_answer a;
+  int rc;
+
+  if (o->nargs != 0) {
+    fprintf(stderr, "usage: geosteer route [--server HOST:PORT] [--user U] "
+                    "[--ip IP] [--hint DC] [--no-geo] [--session S]\n");
+    return EXIT_USAGE;
+  }
+  if ((rc = gs_client_connect(where, TIMEOUT_MS, &c)) != 0) {
+    fprintf(stderr,
+            "geosteer: cannot connect to %s: %s (is geosteerd "
+            "running? `make run` starts it)\n",
+            where, gs_client_strerror(rc));
+    return EXIT_BAD;
+  }
+  rc = gs_route(c, o->user, o->ip, o->hint, o->no_geo, o->session, &a, &err);
+  gs_client_close(c);
+  if (rc != 0)
+    return report_call_error("route", rc, &err);
+  if (o->json) {
+    printf("{\"dc\":");
+    json_str(a.dc);
+    printf(",\"endpoint\":");
+    json_str(a.endpoint);
+    printf(",\"alternates\":[");
+    for (int i = 0; i < a.nalternates; i++) {
+      printf("%s{\"dc\":", i ? "," : "");
+      json_str(a.alternates[i].dc);
+      printf(",\"endpoint\":");
+      json_str(a.alternates[i].endpoint);
+      printf("}");
+    }
+    printf("],\"reason\":");
+    json_str(a.reason);
+    if (a.scope >= 0)
+      printf(",\"scope\":%d", a.scope);
+    printf("}\n");
+  } else {
+    printf("dc          %s  %s\n", a.dc, a.endpoint);
+    for (int i = 0; i < a.nalternates; i++)
+      printf("%s %s  %s\n", i == 0 ? "alternates " : "           ",
+             a.alternates[i].dc, a.alternates[i].endpoint);
+    printf("reason      %s\n", a.reason);
+    if (a.scope >= 0)
+      printf("scope       /%d\n", a.scope);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv)
 {
   struct opts o;
@@ -296,6 +541,12 @@ int main(int argc, char **argv)
   while (i < argc && argv[i][0] == '-') {
     if (!strcmp(argv[i], "--json")) {
       o.json = true;
+    } else if ((!strcmp(argv[i], "--admin") || !strcmp(argv[i], "--server")) &&
+               i + 1 < argc) {
+      if (!strcmp(argv[i], "--admin"))
+        o.admin = argv[++i];
+      else
+        o.server = argv[++i];
     } else if (!strcmp(argv[i], "--version")) {
       printf("geosteer %s\n", GS_VERSION);
       return 0;
@@ -322,7 +573,38 @@ int main(int argc, char **argv)
   if (!strcmp(argv[i], "explain")) {
     if (parse_opts(argc, argv, i + 1, &o) != 0)
       return EXIT_USAGE;
+    if (o.map == NULL && o.db == NULL)
+      return cmd_admin(&o, "explain", "ip");
     return cmd_explain(&o);
+  }
+  if (!strcmp(argv[i], "route")) {
+    if (parse_opts(argc, argv, i + 1, &o) != 0)
+      return EXIT_USAGE;
+    return cmd_route(&o);
+  }
+  static const struct {
+    const char *word1, *word2, *method, *arg;
+  } admin_cmds[] = {
+      {"map", "reload", "map.reload", NULL},
+      {"map", "show", "map.show", NULL},
+      {"dc", "drain", "dc.drain", "dc"},
+      {"dc", "undrain", "dc.undrain", "dc"},
+      {"dc", "list", "dc.list", NULL},
+      {"stats", NULL, "stats", NULL},
+      {"ping", NULL, "ping", NULL},
+  };
+  for (size_t k = 0; k < sizeof(admin_cmds) / sizeof(admin_cmds[0]); k++) {
+    if (strcmp(argv[i], admin_cmds[k].word1) != 0)
+      continue;
+    int next = i + 1;
+    if (admin_cmds[k].word2) {
+      if (next >= argc || strcmp(argv[next], admin_cmds[k].word2) != 0)
+        continue;
+      next++;
+    }
+    if (parse_opts(argc, argv, next, &o) != 0)
+      return EXIT_USAGE;
+    return cmd_admin(&o, admin_cmds[k].method, admin_cmds[k].arg);
   }
   fprintf(stderr, "geosteer: unknown command '%s'\n", argv[i]);
   usage(stderr);

@@ -5,6 +5,7 @@
 #include <uv.h>
 
 #include "geosteer/geosteer.h"
+#include "geosteer/protocol.h"
 
 static const struct {
   int code;
@@ -52,6 +53,25 @@ const char *gs_reason_name(int reason)
       [GS_REASON_CONTINENT] = "continent",
       [GS_REASON_NEAREST] = "nearest",
       [GS_REASON_UNKNOWN] = "unknown",
+      [GS_REASON_NOGEO] = "nogeo",
   };
   return reason >= 0 && reason < GS_REASON_COUNT_ ? names[reason] : "?";
+}
+
+const char *gs_code_name(int code)
+{
+  static const char *const names[GS_CODE_COUNT_] = {
+      [GS_CODE_BAD_REQUEST] = "BAD_REQUEST",
+      [GS_CODE_MESSAGE_TOO_LARGE] = "MESSAGE_TOO_LARGE",
+      [GS_CODE_UNKNOWN_METHOD] = "UNKNOWN_METHOD",
+      [GS_CODE_BAD_ADDRESS] = "BAD_ADDRESS",
+      [GS_CODE_FORBIDDEN] = "FORBIDDEN",
+      [GS_CODE_NO_DATACENTER] = "NO_DATACENTER",
+      [GS_CODE_UNAVAILABLE] = "UNAVAILABLE",
+      [GS_CODE_UNAUTHORIZED] = "UNAUTHORIZED",
+      [GS_CODE_NOT_FOUND] = "NOT_FOUND",
+      [GS_CODE_RELOAD_FAILED] = "RELOAD_FAILED",
+      [GS_CODE_INTERNAL] = "INTERNAL",
+  };
+  return code > 0 && code < GS_CODE_COUNT_ ? names[code] : "UNKNOWN";
 }

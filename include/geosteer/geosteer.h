@@ -33,6 +33,7 @@ typedef enum gs_reason {
   GS_REASON_CONTINENT = 4,   /* a continent override */
   GS_REASON_NEAREST = 5,     /* nearest by great-circle distance and bias */
   GS_REASON_UNKNOWN = 6,     /* no location: the map's default order */
+  GS_REASON_NOGEO = 7,       /* the client asked for no geolocation */
   GS_REASON_COUNT_
 } gs_reason;
 

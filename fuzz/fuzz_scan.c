@@ -1,0 +1,71 @@
+/*
+ * fuzz_scan: libFuzzer target for the MessagePack scanner (make fuzz).
+ *
+ * Each input is scanned under several size limits at the server's depth
+ * limit, and the scanner's promises are checked: a result is one of the
+ * known codes; SCAN_OK means a size within both the input and the limit,
+ * and msgpack-c decodes exactly that many bytes as one object; a prefix
+ * the scanner waits on (under the smaller limits) is one msgpack-c waits
+ * on too. Any broken promise
+ * traps, which libFuzzer records as a crash with its input.
+ */
+#include <msgpack.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "scan.h"
+
+static void check(const uint8_t *data, size_t len, size_t max_size)
+{
+  size_t size = SIZE_MAX;
+  int got = scan_message(data, len, max_size, SCAN_MAX_DEPTH, &size);
+  msgpack_unpacked u;
+  size_t off = 0;
+
+  switch (got) {
+  case SCAN_OK:
+    if (size > len || size > max_size || size == 0)
+      __builtin_trap();
+    msgpack_unpacked_init(&u);
+    if (msgpack_unpack_next(&u, (const char *)data, size, &off) !=
+            MSGPACK_UNPACK_SUCCESS ||
+        off != size)
+      __builtin_trap();
+    msgpack_unpacked_destroy(&u);
+    return;
+  case SCAN_NEED_MORE:
+    if (len >= max_size)
+      __builtin_trap();
+    /* Under the 1 MiB limit msgpack-c would allocate for every claimed
+     * element of a prefix, megabytes per run: skip it there. */
+    if (len > 0 && max_size <= 4096) {
+      msgpack_unpacked_init(&u);
+      if (msgpack_unpack_next(&u, (const char *)data, len, &off) !=
+          MSGPACK_UNPACK_CONTINUE)
+        __builtin_trap();
+      msgpack_unpacked_destroy(&u);
+    }
+    break;
+  case SCAN_ERR_MALFORMED:
+  case SCAN_ERR_DEPTH:
+  case SCAN_ERR_TOO_LARGE:
+    break;
+  default:
+    __builtin_trap();
+  }
+  if (size != SIZE_MAX) /* set only on SCAN_OK */
+    __builtin_trap();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
+{
+  static const size_t limits[] = {16, 4096, 1 << 20};
+  uint32_t msgid;
+
+  for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
+    check(data, len, limits[i]);
+  (void)scan_msgid(data, len, &msgid);
+  return 0;
+}

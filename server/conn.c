@@ -1,0 +1,550 @@
+/*
+ * conn: connection handling for MessagePack-RPC listeners. See conn.h.
+ *
+ * Reading: alloc_cb hands out the free tail of the fixed input buffer; the
+ * scanner guarantees that a message which cannot fit is refused before the
+ * buffer fills, so the tail is never empty while reading.
+ *
+ * Writing: replies accumulate in `out`. flush() tries uv_try_write first
+ * (the common case: everything goes at once, no request object, no copy);
+ * what the kernel does not take moves to `flight` for one uv_write, and
+ * replies produced meanwhile wait in `out`.
+ */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "geosteer/geosteer.h"
+#include "geosteer/protocol.h"
+#include "log.h"
+#include "scan.h"
+
+static void start_reading(struct conn *c);
+static void flush(struct conn *c);
+static void process_input(struct conn *c);
+
+int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
+                     const struct config *cfg, _Atomic size_t *open_conns,
+                     conn_dispatch_fn dispatch, void *ctx, const char *kind)
+{
+  memset(srv, 0, sizeof(*srv));
+  srv->loop = loop;
+  srv->max_message = cfg->max_message;
+  srv->max_pending_bytes = cfg->max_pending_bytes;
+  srv->idle_timeout_ms = cfg->idle_timeout_ms;
+  srv->max_connections = cfg->max_connections;
+  srv->open_conns = open_conns;
+  srv->dispatch = dispatch;
+  srv->ctx = ctx;
+  srv->kind = kind;
+  if (!rpc_zone_init(&srv->zone, cfg->max_message))
+    return GS_ERR_NOMEM;
+  return 0;
+}
+
+void conn_server_free(struct conn_server *srv)
+{
+  msgpack_zone_destroy(&srv->zone);
+}
+
+size_t conn_server_count(const struct conn_server *srv)
+{
+  size_t n = 0;
+  for (const struct conn *c = srv->conns; c; c = c->next)
+    n++;
+  return n;
+}
+
+/* ---- lifetime -------------------------------------------------------- */
+
+static void maybe_free(struct conn *c)
+{
+  if (c->open_handles > 0 || c->refs > 0)
+    return;
+  free(c->in);
+  wbuf_free(&c->out);
+  wbuf_free(&c->flight);
+  free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+  struct conn *c = h->data;
+  c->open_handles--;
+  maybe_free(c);
+}
+
+static void conn_close(struct conn *c)
+{
+  struct conn_server *srv = c->srv;
+
+  if (c->closing)
+    return;
+  c->closing = true;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  atomic_fetch_sub(srv->open_conns, 1);
+  uv_close(&c->h.handle, on_handle_closed);
+  uv_close((uv_handle_t *)&c->idle, on_handle_closed);
+}
+
+void conn_ref(struct conn *c)
+{
+  c->refs++;
+}
+
+void conn_unref(struct conn *c)
+{
+  c->refs--;
+  maybe_free(c);
+}
+
+/* ---- writing --------------------------------------------------------- */
+
+static size_t pending_bytes(const struct conn *c)
+{
+  return c->out.len + c->flight.len;
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+  struct conn *c = req->data;
+
+  c->writing = false;
+  c->flight.len = 0;
+  if (status < 0 || c->closing) {
+    conn_close(c);
+    return;
+  }
+  flush(c);
+}
+
+static void flush(struct conn *c)
+{
+  if (c->closing || c->writing)
+    return;
+  if (c->out.failed) {
+    log_event(LOG_ERROR, "conn_out_of_memory", "kind=%s", c->srv->kind);
+    conn_close(c);
+    return;
+  }
+  if (c->out.len > 0) {
+    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    int n = uv_try_write(&c->h.stream, &b, 1);
+    if (n == UV_EAGAIN)
+      n = 0;
+    if (n < 0) {
+      conn_close(c);
+      return;
+    }
+    if ((size_t)n < c->out.len) {
+      /* Swap buffers: the unsent tail becomes the write in flight. */
+      struct wbuf tmp = c->flight;
+      c->flight = c->out;
+      c->out = tmp;
+      c->out.len = 0;
+      if (n > 0)
+        memmove(c->flight.data, c->flight.data + n, c->flight.len - (size_t)n);
+      c->flight.len -= (size_t)n;
+      b = uv_buf_init(c->flight.data, (unsigned)c->flight.len);
+      c->wreq.data = c;
+      if (uv_write(&c->wreq, &c->h.stream, &b, 1, on_write) != 0) {
+        conn_close(c);
+        return;
+      }
+      c->writing = true;
+    } else {
+      c->out.len = 0;
+    }
+  }
+  if (!c->writing && c->close_after_flush) {
+    conn_close(c);
+    return;
+  }
+  /* Backpressure: stop reading while the peer does not take replies. */
+  size_t pending = pending_bytes(c);
+  if (pending > c->srv->max_pending_bytes && c->reading) {
+    uv_read_stop(&c->h.stream);
+    c->reading = false;
+  } else if (pending <= c->srv->max_pending_bytes / 2 && !c->reading &&
+             !c->deferred && !c->close_after_flush && !c->srv->stopping) {
+    start_reading(c);
+    /* Input that arrived before the pause may hold whole messages. */
+    process_input(c);
+  }
+}
+
+void conn_packer(struct conn *c, msgpack_packer *pk)
+{
+  msgpack_packer_init(pk, &c->out, wbuf_write);
+}
+
+/* ---- reading --------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+  struct conn *c = h->data;
+  (void)suggested;
+  *buf = uv_buf_init(c->in + c->in_len,
+                     (unsigned)(c->srv->max_message - c->in_len));
+}
+
+static void refuse(struct conn *c, int scan_result, const char *why)
+{
+  msgpack_packer pk;
+  uint32_t msgid;
+  int code = scan_result == SCAN_ERR_TOO_LARGE || scan_result == SCAN_ERR_DEPTH
+                 ? GS_CODE_MESSAGE_TOO_LARGE
+                 : GS_CODE_BAD_REQUEST;
+
+  atomic_store_explicit(
+      &c->srv->protocol_errors,
+      atomic_load_explicit(&c->srv->protocol_errors, memory_order_relaxed) + 1,
+      memory_order_relaxed);
+  conn_packer(c, &pk);
+  if (scan_msgid((const uint8_t *)c->in, c->in_len, &msgid))
+    rpc_pack_error(&pk, msgid, code, "%s", why);
+  else
+    rpc_pack_error_notification(&pk, code, why);
+  c->close_after_flush = true;
+  if (c->reading) {
+    uv_read_stop(&c->h.stream);
+    c->reading = false;
+  }
+}
+
+/* Handles every complete message in the input buffer. */
+static void process_input(struct conn *c)
+{
+  struct conn_server *srv = c->srv;
+  size_t off = 0;
+
+  while (!c->deferred && !c->close_after_flush && !c->closing) {
+    size_t size;
+    int r = scan_message((const uint8_t *)c->in + off, c->in_len - off,
+                         srv->max_message, SCAN_MAX_DEPTH, &size);
+    if (r == SCAN_NEED_MORE)
+      break;
+    if (r != SCAN_OK) {
+      /* Keep only the bad message's bytes so its msgid can be read. */
+      memmove(c->in, c->in + off, c->in_len - off);
+      c->in_len -= off;
+      off = 0;
+      refuse(c, r, scan_strerror(r));
+      break;
+    }
+
+    struct rpc_request req;
+    msgpack_packer pk;
+    bool msgid_known;
+    uint32_t msgid;
+    char why[256];
+
+    c->last_message_ms = uv_now(srv->loop);
+    conn_packer(c, &pk);
+    if (!rpc_decode(c->in + off, size, &srv->zone, &req, &msgid_known, &msgid,
+                    why, sizeof(why))) {
+      if (msgid_known)
+        rpc_pack_error(&pk, msgid, GS_CODE_BAD_REQUEST, "%s", why);
+      else
+        rpc_pack_error_notification(&pk, GS_CODE_BAD_REQUEST, why);
+      atomic_store_explicit(
+          &srv->protocol_errors,
+          atomic_load_explicit(&srv->protocol_errors, memory_order_relaxed) + 1,
+          memory_order_relaxed);
+      c->close_after_flush = true;
+    } else {
+      int rc = srv->dispatch(c, &req, &pk);
+      if (rc == CONN_DEFERRED) {
+        c->deferred = true;
+        if (c->reading) {
+          uv_read_stop(&c->h.stream);
+          c->reading = false;
+        }
+      } else if (rc < 0) {
+        c->close_after_flush = true;
+      }
+    }
+    msgpack_zone_clear(&srv->zone);
+    off += size;
+  }
+  if (off > 0) {
+    memmove(c->in, c->in + off, c->in_len - off);
+    c->in_len -= off;
+  }
+  flush(c);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+  struct conn *c = s->data;
+  (void)buf;
+
+  if (nread < 0) {
+    conn_close(c); /* EOF or error: the peer is gone */
+    return;
+  }
+  if (nread == 0)
+    return;
+  c->in_len += (size_t)nread;
+  process_input(c);
+}
+
+static void start_reading(struct conn *c)
+{
+  if (c->reading || c->closing)
+    return;
+  if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
+    c->reading = true;
+}
+
+void conn_deferred_done(struct conn *c)
+{
+  c->deferred = false;
+  if (c->closing)
+    return;
+  process_input(c); /* also flushes and resumes reading */
+}
+
+/* ---- idle timer ------------------------------------------------------ */
+
+static void on_idle(uv_timer_t *t)
+{
+  struct conn *c = t->data;
+  uint64_t now = uv_now(c->srv->loop);
+  uint64_t idle = c->srv->idle_timeout_ms;
+
+  if (c->deferred) {
+    uv_timer_start(&c->idle, on_idle, idle, 0);
+    return;
+  }
+  if (now - c->last_message_ms >= idle) {
+    conn_close(c);
+    return;
+  }
+  /* Lazy re-arm: messages only stamp the time, the timer checks it. */
+  uv_timer_start(&c->idle, on_idle, idle - (now - c->last_message_ms), 0);
+}
+
+/* ---- accepting ------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *server, int status)
+{
+  struct conn_server *srv = server->data;
+  struct conn *c;
+
+  if (status < 0 || srv->stopping)
+    return;
+  c = calloc(1, sizeof(*c));
+  if (c)
+    c->in = malloc(srv->max_message);
+  if (c == NULL || c->in == NULL) {
+    free(c);
+    log_event(LOG_ERROR, "accept_out_of_memory", "kind=%s", srv->kind);
+    return;
+  }
+  c->srv = srv;
+  if (server->type == UV_TCP)
+    uv_tcp_init(srv->loop, &c->h.tcp);
+  else
+    uv_pipe_init(srv->loop, &c->h.pipe, 0);
+  c->h.handle.data = c;
+  c->open_handles = 1;
+  if (uv_accept(server, &c->h.stream) != 0) {
+    uv_close(&c->h.handle, on_handle_closed);
+    return;
+  }
+  uv_timer_init(srv->loop, &c->idle);
+  c->idle.data = c;
+  c->open_handles = 2;
+  c->next = srv->conns;
+  if (srv->conns)
+    srv->conns->prev = c;
+  srv->conns = c;
+  size_t open = atomic_fetch_add(srv->open_conns, 1) + 1;
+
+  if (server->type == UV_TCP) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    uv_tcp_nodelay(&c->h.tcp, 1);
+    if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) == 0 &&
+        addr_from_sockaddr((struct sockaddr *)&ss, &c->peer) == 0) {
+      c->peer = addr_normalize(c->peer);
+      c->peer_known = true;
+    }
+  }
+  c->last_message_ms = uv_now(srv->loop);
+  atomic_store_explicit(
+      &srv->accepted,
+      atomic_load_explicit(&srv->accepted, memory_order_relaxed) + 1,
+      memory_order_relaxed);
+  if (open > srv->max_connections) {
+    msgpack_packer pk;
+    atomic_store_explicit(
+        &srv->rejected,
+        atomic_load_explicit(&srv->rejected, memory_order_relaxed) + 1,
+        memory_order_relaxed);
+    conn_packer(c, &pk);
+    rpc_pack_error_notification(&pk, GS_CODE_UNAVAILABLE,
+                                "too many connections; try again later");
+    c->close_after_flush = true;
+    flush(c);
+    return;
+  }
+  uv_timer_start(&c->idle, on_idle, srv->idle_timeout_ms, 0);
+  start_reading(c);
+}
+
+static int add_listener(struct conn_server *srv, uv_stream_t *s)
+{
+  if (srv->nlisteners >=
+      (int)(sizeof(srv->listeners) / sizeof(srv->listeners[0])))
+    return UV_ENOBUFS;
+  s->data = srv;
+  srv->listeners[srv->nlisteners++] = s;
+  return 0;
+}
+
+socklen_t conn_sockaddr(const struct listen_addr *la,
+                        struct sockaddr_storage *ss)
+{
+  memset(ss, 0, sizeof(*ss));
+  if (la->is_v4) {
+    struct sockaddr_in *in = (struct sockaddr_in *)ss;
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = htonl((uint32_t)la->addr);
+    in->sin_port = htons(la->port);
+    return sizeof(*in);
+  }
+  /* Not addr_to_sockaddr: [::1] lies in ::/96 but is an IPv6 address. */
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+  in6->sin6_family = AF_INET6;
+  for (int i = 15; i >= 0; i--)
+    in6->sin6_addr.s6_addr[i] = (uint8_t)(la->addr >> (8 * (15 - i)));
+  in6->sin6_port = htons(la->port);
+  return sizeof(*in6);
+}
+
+void conn_format_listen(const struct listen_addr *la, uint16_t port, char *buf,
+                        size_t size)
+{
+  struct sockaddr_storage ss;
+  char host[ADDR_TEXT_MAX];
+
+  conn_sockaddr(la, &ss);
+  if (ss.ss_family == AF_INET)
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host,
+              sizeof(host));
+  else
+    inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host,
+              sizeof(host));
+  snprintf(buf, size, ss.ss_family == AF_INET ? "%s:%u" : "[%s]:%u", host,
+           port);
+}
+
+int conn_listen_tcp(struct conn_server *srv, const struct listen_addr *la,
+                    bool reuseport, uint16_t *bound_port)
+{
+  struct sockaddr_storage ss;
+  socklen_t sslen;
+  uv_tcp_t *t;
+  int fd, one = 1, rc;
+
+  t = malloc(sizeof(*t));
+  if (t == NULL)
+    return UV_ENOMEM;
+  sslen = conn_sockaddr(la, &ss);
+  /*
+   * libuv of this vintage has no reuse-port flag, so the socket is made
+   * here and handed over with uv_tcp_open.
+   */
+  fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    free(t);
+    return -errno;
+  }
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (reuseport)
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (ss.ss_family == AF_INET6)
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (bind(fd, (struct sockaddr *)&ss, sslen) != 0) {
+    rc = -errno;
+    close(fd);
+    free(t);
+    return rc;
+  }
+  if (bound_port) {
+    struct sockaddr_storage got;
+    socklen_t gl = sizeof(got);
+    getsockname(fd, (struct sockaddr *)&got, &gl);
+    *bound_port = ntohs(got.ss_family == AF_INET
+                            ? ((struct sockaddr_in *)&got)->sin_port
+                            : ((struct sockaddr_in6 *)&got)->sin6_port);
+  }
+  uv_tcp_init(srv->loop, t);
+  if ((rc = uv_tcp_open(t, fd)) != 0 ||
+      (rc = uv_listen((uv_stream_t *)t, 1024, on_connection)) != 0 ||
+      (rc = add_listener(srv, (uv_stream_t *)t)) != 0) {
+    uv_close((uv_handle_t *)t, (uv_close_cb)free);
+    return rc;
+  }
+  return 0;
+}
+
+int conn_listen_unix(struct conn_server *srv, const char *path)
+{
+  uv_pipe_t *p = malloc(sizeof(*p));
+  int rc;
+
+  if (p == NULL)
+    return UV_ENOMEM;
+  uv_pipe_init(srv->loop, p, 0);
+  if ((rc = uv_pipe_bind(p, path)) != 0 ||
+      (rc = uv_listen((uv_stream_t *)p, 128, on_connection)) != 0 ||
+      (rc = add_listener(srv, (uv_stream_t *)p)) != 0) {
+    uv_close((uv_handle_t *)p, (uv_close_cb)free);
+    return rc;
+  }
+  chmod(path, 0660);
+  return 0;
+}
+
+void conn_server_stop(struct conn_server *srv)
+{
+  if (srv->stopping)
+    return;
+  srv->stopping = true;
+  for (int i = 0; i < srv->nlisteners; i++)
+    uv_close((uv_handle_t *)srv->listeners[i], (uv_close_cb)free);
+  srv->nlisteners = 0;
+  /* Finish what is owed, then close; idle ones close now. */
+  for (struct conn *c = srv->conns, *next; c; c = next) {
+    next = c->next;
+    if (c->reading) {
+      uv_read_stop(&c->h.stream);
+      c->reading = false;
+    }
+    c->close_after_flush = true;
+    if (!c->writing && !c->deferred)
+      flush(c);
+  }
+}
+
+void conn_server_close_all(struct conn_server *srv)
+{
+  while (srv->conns)
+    conn_close(srv->conns);
+}

@@ -1,0 +1,129 @@
+/*
+ * conn: MessagePack-RPC connections on a libuv loop, shared by the route
+ * listeners (worker loops) and the admin listeners (control loop).
+ *
+ * Each connection has a fixed input buffer of max_message bytes. After
+ * every read the scanner (scan.c) finds complete messages; each is decoded
+ * and handed to the server's dispatch function, which packs its reply into
+ * the connection's output buffer, so replies leave in request order and a
+ * pipelined batch goes out in one write. A message that is too large, too
+ * deep or malformed gets an error reply (when its msgid is known) and the
+ * connection is closed once that reply is flushed.
+ *
+ * Limits: the idle timer is reset only by a complete message; past
+ * max_connections a new connection gets an UNAVAILABLE error and is closed;
+ * a connection whose unsent replies exceed max_pending_bytes is not read
+ * until they drain below half of it. libuv handles are freed only in their
+ * close callbacks; buffers live until the write callback.
+ */
+#ifndef GS_CONN_H
+#define GS_CONN_H
+
+#include <msgpack.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "addr.h"
+#include "config.h"
+#include "rpc.h"
+
+#define CONN_DEFERRED 1 /* dispatch result: the reply comes later */
+
+struct conn;
+
+/*
+ * Handles one request or notification. Packs the reply (for requests)
+ * into pk and returns 0, or returns CONN_DEFERRED and later calls
+ * conn_deferred_done(). Returning a negative value closes the connection
+ * after the output is flushed.
+ */
+typedef int (*conn_dispatch_fn)(struct conn *c, const struct rpc_request *req,
+                                msgpack_packer *pk);
+
+struct conn_server {
+  uv_loop_t *loop;
+  size_t max_message;
+  size_t max_pending_bytes;
+  uint64_t idle_timeout_ms;
+  size_t max_connections;
+  _Atomic size_t *open_conns; /* shared by every listener of the process */
+  conn_dispatch_fn dispatch;
+  void *ctx;          /* for dispatch */
+  const char *kind;   /* "route", "admin": for logs */
+  msgpack_zone zone;  /* decoding; cleared after every message */
+  struct conn *conns; /* open connections, for shutdown */
+  uv_stream_t *listeners[CONFIG_MAX_LISTEN + 2];
+  int nlisteners;
+  bool stopping;
+  /* counters, single writer (this loop's thread) */
+  _Atomic uint64_t accepted, rejected, protocol_errors;
+};
+
+struct conn {
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  uv_timer_t idle;
+  uv_write_t wreq;
+  struct conn_server *srv;
+  struct conn *prev, *next;
+  addr128 peer;    /* engine space, normalised; 0 for unix sockets */
+  bool peer_known; /* false for unix sockets */
+  bool reading, writing, closing, deferred, close_after_flush;
+  bool authed; /* admin over TCP: auth succeeded */
+  int auth_failures;
+  int open_handles; /* freed when this reaches 0 */
+  int refs;         /* holders besides the loop (deferred replies) */
+  uint64_t last_message_ms;
+  char *in;
+  size_t in_len;
+  struct wbuf out;    /* replies not yet handed to the kernel */
+  struct wbuf flight; /* bytes of the write in progress */
+};
+
+/* Initialises srv (zone included). Returns 0 or GS_ERR_NOMEM. */
+int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
+                     const struct config *cfg, _Atomic size_t *open_conns,
+                     conn_dispatch_fn dispatch, void *ctx, const char *kind);
+void conn_server_free(struct conn_server *srv);
+
+/*
+ * Starts listening on a TCP address. reuseport lets several loops share
+ * the port (SO_REUSEPORT). Returns 0 or a libuv error code; *bound_port
+ * (may be NULL) receives the port actually bound.
+ */
+int conn_listen_tcp(struct conn_server *srv, const struct listen_addr *la,
+                    bool reuseport, uint16_t *bound_port);
+/* Fills ss for a listen address; returns its length. */
+socklen_t conn_sockaddr(const struct listen_addr *la,
+                        struct sockaddr_storage *ss);
+
+/* Writes "127.0.0.1:7400" or "[::1]:7400" for la with port. */
+void conn_format_listen(const struct listen_addr *la, uint16_t port, char *buf,
+                        size_t size);
+
+/* Listens on a unix socket at path (created with mode 0660). */
+int conn_listen_unix(struct conn_server *srv, const char *path);
+
+/*
+ * Stops accepting, lets connections flush what they owe, then closes them
+ * (at the latest when conn_server_close_all is called).
+ */
+void conn_server_stop(struct conn_server *srv);
+void conn_server_close_all(struct conn_server *srv);
+/* Number of open connections of srv. */
+size_t conn_server_count(const struct conn_server *srv);
+
+/* A packer appending to c's output buffer (for deferred replies). */
+void conn_packer(struct conn *c, msgpack_packer *pk);
+/* Ends a deferred reply: flushes and resumes processing input. */
+void conn_deferred_done(struct conn *c);
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+
+#endif

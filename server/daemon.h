@@ -1,0 +1,162 @@
+/*
+ * daemon: the shared state of geosteerd's threads.
+ *
+ * One control loop (main thread) owns the configuration, the store, the
+ * admin and metrics listeners, signals, file watches and reloads. N worker
+ * loops (threads) each own their route connections and share the route
+ * listening ports (SO_REUSEPORT). What workers read is published by the
+ * control loop through one atomic pointer: the current snapshot.
+ *
+ * Snapshot lifetime (quiescent-state reclamation): workers load the
+ * pointer per request and never keep it across callbacks. After a swap the
+ * control loop wakes every worker (uv_async); a worker's wake callback
+ * records the generation it has seen. A retired snapshot is freed once
+ * every worker has seen a later generation. No lock on the route path.
+ */
+#ifndef GS_DAEMON_H
+#define GS_DAEMON_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <uv.h>
+
+#include "config.h"
+#include "conn.h"
+#include "dcmap.h"
+#include "geo.h"
+#include "geosteer/geosteer.h"
+#include "geosteer/protocol.h"
+#include "table.h"
+
+#define DRAIN_WORDS 4 /* 4 x 64 bits >= DCMAP_MAX_DCS */
+#define LATENCY_BUCKETS 14
+
+/* Counters of one worker; written by that worker only (relaxed). */
+struct worker_stats {
+  _Atomic uint64_t route, ping, other;           /* requests by method */
+  _Atomic uint64_t reasons[GS_REASON_COUNT_];    /* route answers by reason */
+  _Atomic uint64_t errors[GS_CODE_COUNT_];       /* error replies by code */
+  _Atomic uint64_t latency[LATENCY_BUCKETS + 1]; /* last: +Inf */
+  _Atomic uint64_t latency_sum_ns;
+};
+
+/* Upper bounds of the latency buckets, in nanoseconds. */
+extern const uint64_t latency_bounds_ns[LATENCY_BUCKETS];
+
+/* Adds one to a single-writer counter without a locked instruction. */
+#define STAT_ADD(counter, n)                                                   \
+  atomic_store_explicit(                                                       \
+      &(counter),                                                              \
+      atomic_load_explicit(&(counter), memory_order_relaxed) + (n),            \
+      memory_order_relaxed)
+
+struct snapshot {
+  struct table *table;
+  struct dcmap *map; /* for explain, hint and fallbacks */
+  struct geo *geo;   /* for explain */
+  uint64_t generation;
+  time_t loaded_at;
+  double build_seconds;
+  _Atomic uint64_t drained[DRAIN_WORDS]; /* bit i: map->dcs[i] drained */
+  _Atomic uint64_t *dc_answers;          /* [worker * ndcs + dc] */
+  struct snapshot *retired_next;
+  uint64_t retired_before; /* freed once every worker saw this generation */
+};
+
+struct worker {
+  struct daemon *d;
+  int index;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_async_t wake;
+  uv_timer_t deadline; /* shutdown: closes what is still open */
+  struct conn_server srv;
+  _Atomic uint64_t seen_generation;
+  struct worker_stats stats;
+};
+
+struct reload_waiter {
+  void (*done)(void *arg, int rc, const char *error);
+  void *arg;
+  struct reload_waiter *next;
+};
+
+struct daemon {
+  struct config *cfg;
+  uv_loop_t *loop; /* control */
+  struct store *store;
+  _Atomic(struct snapshot *) current;
+  uint64_t generation;
+  struct snapshot *retired;
+  uv_timer_t retire_timer;
+
+  struct worker *workers;
+  int nworkers;
+  _Atomic size_t open_conns;  /* route connections, all workers */
+  _Atomic size_t admin_conns; /* admin connections: their own budget, so a
+                                 route flood cannot lock operators out */
+  _Atomic bool stopping;
+  _Atomic bool force_close;
+
+  /* reload */
+  bool building, build_again;
+  struct reload_waiter *waiters, *next_waiters;
+  uv_work_t build_req;
+  struct snapshot *built;
+  char build_error[1024];
+  uint64_t reloads_ok, reloads_failed;
+  double last_build_seconds;
+  uv_fs_event_t watch_map, watch_db;
+  bool watching;
+  uv_timer_t quiet_timer;
+
+  /* drained data-center ids, the source of every snapshot's bitmap */
+  char (*drained_ids)[DCMAP_ID_MAX + 1];
+  size_t ndrained;
+
+  /* totals of freed snapshots' per-DC answers, by id */
+  struct dc_total {
+    char id[DCMAP_ID_MAX + 1];
+    uint64_t count;
+  } * dc_totals;
+  size_t ndc_totals;
+
+  /* admin */
+  struct conn_server admin, admin_tcp;
+  bool has_admin_tcp;
+  char admin_token[256];
+  size_t admin_token_len;
+  uint16_t route_port; /* bound port of the first route listener */
+};
+
+/* reload.c */
+int reload_initial(struct daemon *d, struct diag *diag);
+void reload_request(struct daemon *d, void (*done)(void *, int, const char *),
+                    void *arg);
+int reload_watch(struct daemon *d);
+void reload_shutdown_handles(struct daemon *d);
+void reload_shutdown(struct daemon *d);
+void snapshot_set_drained(struct snapshot *s, size_t dc, bool on);
+bool snapshot_is_drained(const struct snapshot *s, size_t dc);
+int daemon_drain(struct daemon *d, const char *dc, bool on, char *why,
+                 size_t why_size);
+
+/* route.c: dispatch for route listeners (ctx: struct worker) */
+int route_dispatch(struct conn *c, const struct rpc_request *req,
+                   msgpack_packer *pk);
+
+/* admin.c: dispatch for admin listeners (ctx: struct daemon) */
+int admin_dispatch(struct conn *c, const struct rpc_request *req,
+                   msgpack_packer *pk);
+
+/* stats.c */
+void stats_pack(struct daemon *d, msgpack_packer *pk);
+char *stats_prometheus(struct daemon *d, size_t *len);
+int metrics_listen(struct daemon *d, const struct listen_addr *la,
+                   uint16_t *bound_port);
+void metrics_stop(void);
+void stats_fold_snapshot(struct daemon *d, struct snapshot *s);
+
+#endif

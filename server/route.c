@@ -1,0 +1,298 @@
+/*
+ * route: the `route` and `ping` methods of the route listeners: the hot
+ * path.
+ *
+ * route validates its arguments, picks the address (the peer's, or `ip`
+ * from a trusted proxy), looks it up in the current snapshot's table,
+ * skips drained data centers and packs {dc, endpoint, alternates, reason,
+ * scope}. Nothing here allocates, locks, logs or calls libmaxminddb; the
+ * slow fallbacks (every answer drained) only rank the map's own list.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "rank.h"
+
+static const char *const route_args[] = {"user",   "ip",      "hint",
+                                         "no_geo", "session", NULL};
+
+/* Valid UTF-8 without NUL (overlongs and surrogates refused). */
+static bool valid_utf8(const unsigned char *s, size_t n)
+{
+  size_t i = 0;
+  while (i < n) {
+    unsigned char c = s[i];
+    size_t len;
+    uint32_t cp;
+    if (c == 0)
+      return false;
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    if ((c & 0xe0) == 0xc0) {
+      len = 2;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      len = 3;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > n)
+      return false;
+    for (size_t k = 1; k < len; k++) {
+      if ((s[i + k] & 0xc0) != 0x80)
+        return false;
+      cp = (cp << 6) | (s[i + k] & 0x3f);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+      return false;
+    i += len;
+  }
+  return true;
+}
+
+static bool valid_session(msgpack_object_str s)
+{
+  if (s.size == 0 || s.size > GS_SESSION_MAX)
+    return false;
+  for (uint32_t i = 0; i < s.size; i++) {
+    char c = s.ptr[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+      return false;
+  }
+  return true;
+}
+
+struct route_args {
+  bool has_ip, no_geo;
+  addr128 ip;
+  int hint; /* DC index, -1 none */
+};
+
+/* Returns 0 or a protocol error code with why filled. */
+static int parse_args(struct conn *c, const struct snapshot *s,
+                      const msgpack_object *args, struct route_args *ra,
+                      char *why, size_t why_size)
+{
+  const msgpack_object *v;
+
+  memset(ra, 0, sizeof(*ra));
+  ra->hint = -1;
+  if (!rpc_check_keys(args, route_args, why, why_size))
+    return GS_CODE_BAD_REQUEST;
+  if ((v = rpc_arg(args, "user")) != NULL) {
+    if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
+        v->via.str.size > GS_USER_MAX ||
+        !valid_utf8((const unsigned char *)v->via.str.ptr, v->via.str.size)) {
+      snprintf(why, why_size,
+               "user must be 1..%d bytes of UTF-8 without NUL bytes",
+               GS_USER_MAX);
+      return GS_CODE_BAD_REQUEST;
+    }
+  }
+  if ((v = rpc_arg(args, "session")) != NULL &&
+      (v->type != MSGPACK_OBJECT_STR || !valid_session(v->via.str))) {
+    snprintf(why, why_size, "session must be 1..%d bytes of [A-Za-z0-9._-]",
+             GS_SESSION_MAX);
+    return GS_CODE_BAD_REQUEST;
+  }
+  if ((v = rpc_arg(args, "no_geo")) != NULL) {
+    if (v->type != MSGPACK_OBJECT_BOOLEAN) {
+      snprintf(why, why_size, "no_geo must be true or false");
+      return GS_CODE_BAD_REQUEST;
+    }
+    ra->no_geo = v->via.boolean;
+  }
+  if ((v = rpc_arg(args, "hint")) != NULL) {
+    char id[DCMAP_ID_MAX + 1];
+    if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
+        v->via.str.size > DCMAP_ID_MAX) {
+      snprintf(why, why_size, "hint must be a data center id");
+      return GS_CODE_BAD_REQUEST;
+    }
+    /* An unknown hint is not an error: maps change under clients. */
+    ra->hint = dcmap_find_dc(s->map, rpc_str_copy(v->via.str, id, sizeof(id)));
+  }
+  if ((v = rpc_arg(args, "ip")) != NULL) {
+    char text[ADDR_TEXT_MAX + 1];
+    if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > ADDR_TEXT_MAX ||
+        addr_parse(rpc_str_copy(v->via.str, text, sizeof(text)), &ra->ip,
+                   NULL) != 0) {
+      snprintf(why, why_size, "ip must be a textual IPv4 or IPv6 address");
+      return GS_CODE_BAD_ADDRESS;
+    }
+    if (!c->peer_known ||
+        !config_is_trusted(((struct worker *)c->srv->ctx)->d->cfg, c->peer)) {
+      snprintf(why, why_size,
+               "ip may only be given by a trusted proxy (trusted_proxies)");
+      return GS_CODE_FORBIDDEN;
+    }
+    ra->has_ip = true;
+  }
+  return 0;
+}
+
+static bool in_list(const uint8_t *list, int n, uint8_t dc)
+{
+  for (int i = 0; i < n; i++)
+    if (list[i] == dc)
+      return true;
+  return false;
+}
+
+/* Appends the undrained DCs of src (in order) to out, up to limit. */
+static int add_undrained(const struct snapshot *s, const uint8_t *src, int n,
+                         uint8_t *out, int count, int limit)
+{
+  for (int i = 0; i < n && count < limit; i++)
+    if (!snapshot_is_drained(s, src[i]) && !in_list(out, count, src[i]))
+      out[count++] = src[i];
+  return count;
+}
+
+/*
+ * Every DC of the answer is drained: the nearest undrained ones to the
+ * answer's cell, else the default order, else file order.
+ */
+static int fallback(const struct snapshot *s, const struct answer *a,
+                    uint8_t *out, int limit)
+{
+  const struct dcmap *m = s->map;
+  int count = 0;
+
+  if (a && a->loc.has_cell) {
+    double lat = a->loc.cell_lat + 0.5, lon = a->loc.cell_lon + 0.5;
+    while (count < limit) {
+      int best = -1;
+      double best_eff = INFINITY;
+      for (size_t i = 0; i < m->ndcs; i++) {
+        if (snapshot_is_drained(s, i) || in_list(out, count, (uint8_t)i))
+          continue;
+        double eff = rank_distance_km(&m->dcs[i], lat, lon) * m->dcs[i].factor;
+        if (eff < best_eff) {
+          best_eff = eff;
+          best = (int)i;
+        }
+      }
+      if (best < 0)
+        break;
+      out[count++] = (uint8_t)best;
+    }
+    return count;
+  }
+  count = add_undrained(s, m->dflt.dc, m->dflt.n, out, 0, limit);
+  for (size_t i = 0; i < m->ndcs && count < limit; i++)
+    if (!snapshot_is_drained(s, i) && !in_list(out, count, (uint8_t)i))
+      out[count++] = (uint8_t)i;
+  return count;
+}
+
+static void pack_dc(msgpack_packer *pk, const struct dc *dc, int extra)
+{
+  msgpack_pack_map(pk, 2 + extra);
+  rpc_pack_kv_str(pk, "dc", dc->id);
+  rpc_pack_kv_str(pk, "endpoint", dc->endpoint);
+}
+
+static void route(struct worker *w, struct conn *c,
+                  const struct rpc_request *req, msgpack_packer *pk)
+{
+  struct snapshot *s =
+      atomic_load_explicit(&w->d->current, memory_order_acquire);
+  const struct dcmap *m = s->map;
+  struct route_args ra;
+  uint8_t dcs[DCMAP_MAX_LIMIT];
+  int n = 0, reason, scope = -1;
+  char why[256];
+  int code = parse_args(c, s, req->args, &ra, why, sizeof(why));
+
+  if (code != 0) {
+    STAT_ADD(w->stats.errors[code], 1);
+    rpc_pack_error(pk, req->msgid, code, "%s", why);
+    return;
+  }
+  if (ra.no_geo) {
+    /* No geolocation at all: the hint, then the map's default order. */
+    reason = GS_REASON_NOGEO;
+    if (ra.hint >= 0 && !snapshot_is_drained(s, (size_t)ra.hint))
+      dcs[n++] = (uint8_t)ra.hint;
+    n = add_undrained(s, m->dflt.dc, m->dflt.n, dcs, n, m->limit);
+    if (n == 0)
+      n = fallback(s, NULL, dcs, m->limit);
+  } else {
+    addr128 a = ra.has_ip ? ra.ip : c->peer;
+    uint8_t sc;
+    const struct answer *ans = table_lookup(s->table, a, &sc);
+    reason = ans->reason;
+    if (reason != GS_REASON_UNKNOWN)
+      scope = sc;
+    n = add_undrained(s, ans->dc, ans->n, dcs, 0, m->limit);
+    if (n == 0)
+      n = fallback(s, ans, dcs, m->limit);
+  }
+  if (n == 0) {
+    STAT_ADD(w->stats.errors[GS_CODE_NO_DATACENTER], 1);
+    rpc_pack_error(pk, req->msgid, GS_CODE_NO_DATACENTER,
+                   "every data center is drained");
+    return;
+  }
+  STAT_ADD(w->stats.reasons[reason], 1);
+  STAT_ADD(s->dc_answers[(size_t)w->index * m->ndcs + dcs[0]], 1);
+
+  rpc_pack_result_head(pk, req->msgid);
+  msgpack_pack_map(pk, scope >= 0 ? 5 : 4);
+  rpc_pack_kv_str(pk, "dc", m->dcs[dcs[0]].id);
+  rpc_pack_kv_str(pk, "endpoint", m->dcs[dcs[0]].endpoint);
+  rpc_pack_str(pk, "alternates");
+  msgpack_pack_array(pk, (size_t)(n - 1));
+  for (int i = 1; i < n; i++)
+    pack_dc(pk, &m->dcs[dcs[i]], 0);
+  rpc_pack_kv_str(pk, "reason", gs_reason_name(reason));
+  if (scope >= 0)
+    rpc_pack_kv_u64(pk, "scope", (uint64_t)scope);
+}
+
+static void record_latency(struct worker *w, uint64_t ns)
+{
+  int b = 0;
+  while (b < LATENCY_BUCKETS && ns > latency_bounds_ns[b])
+    b++;
+  STAT_ADD(w->stats.latency[b], 1);
+  STAT_ADD(w->stats.latency_sum_ns, ns);
+}
+
+int route_dispatch(struct conn *c, const struct rpc_request *req,
+                   msgpack_packer *pk)
+{
+  struct worker *w = c->srv->ctx;
+  uint64_t t0 = uv_hrtime();
+
+  if (req->type == GS_RPC_NOTIFICATION)
+    return 0; /* nothing here takes notifications; nothing to answer */
+  if (rpc_str_is(req->method, "route")) {
+    STAT_ADD(w->stats.route, 1);
+    route(w, c, req, pk);
+    record_latency(w, uv_hrtime() - t0);
+  } else if (rpc_str_is(req->method, "ping")) {
+    STAT_ADD(w->stats.ping, 1);
+    rpc_pack_result_head(pk, req->msgid);
+    rpc_pack_str(pk, "pong");
+  } else {
+    char name[64];
+    STAT_ADD(w->stats.other, 1);
+    STAT_ADD(w->stats.errors[GS_CODE_UNKNOWN_METHOD], 1);
+    rpc_pack_error(pk, req->msgid, GS_CODE_UNKNOWN_METHOD,
+                   "unknown method '%s' (route listeners serve: route, ping)",
+                   rpc_str_copy(req->method, name, sizeof(name)));
+  }
+  return 0;
+}

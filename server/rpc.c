@@ -1,0 +1,266 @@
+/*
+ * rpc: request decoding and reply encoding. See rpc.h.
+ */
+#include "rpc.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "geosteer/protocol.h"
+
+void wbuf_free(struct wbuf *w)
+{
+  free(w->data);
+  memset(w, 0, sizeof(*w));
+}
+
+int wbuf_write(void *data, const char *buf, size_t len)
+{
+  struct wbuf *w = data;
+
+  if (w->failed)
+    return -1;
+  if (w->len + len > w->cap) {
+    size_t cap = w->cap ? w->cap : 4096;
+    while (cap < w->len + len)
+      cap *= 2;
+    char *d = realloc(w->data, cap);
+    if (d == NULL) {
+      w->failed = true;
+      return -1;
+    }
+    w->data = d;
+    w->cap = cap;
+  }
+  memcpy(w->data + w->len, buf, len);
+  w->len += len;
+  return 0;
+}
+
+bool rpc_zone_init(msgpack_zone *zone, size_t max_message)
+{
+  /* Worst case every byte is an element: one msgpack_object each. */
+  return msgpack_zone_init(zone,
+                           (max_message + 16) * sizeof(msgpack_object) + 4096);
+}
+
+bool rpc_str_is(msgpack_object_str s, const char *lit)
+{
+  size_t n = strlen(lit);
+  return s.size == n && memcmp(s.ptr, lit, n) == 0;
+}
+
+char *rpc_str_copy(msgpack_object_str s, char *buf, size_t size)
+{
+  size_t n = s.size < size - 1 ? s.size : size - 1;
+  memcpy(buf, s.ptr, n);
+  buf[n] = '\0';
+  return buf;
+}
+
+static bool as_u32(const msgpack_object *o, uint32_t *out)
+{
+  if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > UINT32_MAX)
+    return false;
+  *out = (uint32_t)o->via.u64;
+  return true;
+}
+
+bool rpc_decode(const char *msg, size_t len, msgpack_zone *zone,
+                struct rpc_request *req, bool *msgid_known, uint32_t *msgid,
+                char *why, size_t why_size)
+{
+  msgpack_object o;
+  size_t off = 0;
+  const msgpack_object *e, *params;
+
+  *msgid_known = false;
+  if (msgpack_unpack(msg, len, &off, zone, &o) != MSGPACK_UNPACK_SUCCESS ||
+      off != len) {
+    snprintf(why, why_size, "malformed MessagePack");
+    return false;
+  }
+  if (o.type != MSGPACK_OBJECT_ARRAY || o.via.array.size < 3 ||
+      o.via.array.size > 4) {
+    snprintf(why, why_size,
+             "expected [0, msgid, method, params] or [2, method, params]");
+    return false;
+  }
+  e = o.via.array.ptr;
+  if (e[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+      (e[0].via.u64 != GS_RPC_REQUEST && e[0].via.u64 != GS_RPC_NOTIFICATION)) {
+    snprintf(why, why_size,
+             "message type must be 0 (request) or 2 "
+             "(notification)");
+    return false;
+  }
+  if (e[0].via.u64 == GS_RPC_REQUEST) {
+    if (o.via.array.size != 4) {
+      snprintf(why, why_size, "a request is [0, msgid, method, params]");
+      return false;
+    }
+    if (!as_u32(&e[1], &req->msgid)) {
+      snprintf(why, why_size, "msgid must be an unsigned 32-bit integer");
+      return false;
+    }
+    *msgid_known = true;
+    *msgid = req->msgid;
+    req->type = GS_RPC_REQUEST;
+    e++;
+  } else {
+    if (o.via.array.size != 3) {
+      snprintf(why, why_size, "a notification is [2, method, params]");
+      return false;
+    }
+    req->type = GS_RPC_NOTIFICATION;
+    req->msgid = 0;
+  }
+  if (e[1].type != MSGPACK_OBJECT_STR) {
+    snprintf(why, why_size, "method must be a string");
+    return false;
+  }
+  req->method = e[1].via.str;
+  params = &e[2];
+  if (params->type != MSGPACK_OBJECT_ARRAY || params->via.array.size > 1 ||
+      (params->via.array.size == 1 &&
+       params->via.array.ptr[0].type != MSGPACK_OBJECT_MAP)) {
+    snprintf(why, why_size,
+             "params must be [] or an array holding one map of arguments");
+    return false;
+  }
+  req->args = params->via.array.size ? &params->via.array.ptr[0] : NULL;
+  return true;
+}
+
+bool rpc_check_keys(const msgpack_object *args, const char *const *allowed,
+                    char *why, size_t why_size)
+{
+  if (args == NULL)
+    return true;
+  for (uint32_t i = 0; i < args->via.map.size; i++) {
+    const msgpack_object *k = &args->via.map.ptr[i].key;
+    bool ok = false;
+    if (k->type != MSGPACK_OBJECT_STR) {
+      snprintf(why, why_size, "argument names must be strings");
+      return false;
+    }
+    for (const char *const *a = allowed; *a && !ok; a++)
+      ok = rpc_str_is(k->via.str, *a);
+    for (uint32_t j = 0; j < i && ok; j++) {
+      const msgpack_object *k2 = &args->via.map.ptr[j].key;
+      if (k2->via.str.size == k->via.str.size &&
+          memcmp(k2->via.str.ptr, k->via.str.ptr, k->via.str.size) == 0) {
+        char name[40];
+        snprintf(why, why_size, "argument '%s' given twice",
+                 rpc_str_copy(k->via.str, name, sizeof(name)));
+        return false;
+      }
+    }
+    if (!ok) {
+      char name[40];
+      size_t used =
+          (size_t)snprintf(why, why_size, "unknown argument '%s' (expected:",
+                           rpc_str_copy(k->via.str, name, sizeof(name)));
+      for (const char *const *a = allowed; *a && used < why_size; a++)
+        used += (size_t)snprintf(why + used, why_size - used, " %s", *a);
+      if (used < why_size)
+        snprintf(why + used, why_size - used, ")");
+      return false;
+    }
+  }
+  return true;
+}
+
+const msgpack_object *rpc_arg(const msgpack_object *args, const char *key)
+{
+  if (args == NULL)
+    return NULL;
+  for (uint32_t i = 0; i < args->via.map.size; i++)
+    if (rpc_str_is(args->via.map.ptr[i].key.via.str, key))
+      return &args->via.map.ptr[i].val;
+  return NULL;
+}
+
+void rpc_pack_str(msgpack_packer *pk, const char *s)
+{
+  size_t n = strlen(s);
+  msgpack_pack_str(pk, n);
+  msgpack_pack_str_body(pk, s, n);
+}
+
+void rpc_pack_kv_str(msgpack_packer *pk, const char *key, const char *val)
+{
+  rpc_pack_str(pk, key);
+  rpc_pack_str(pk, val);
+}
+
+void rpc_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t val)
+{
+  rpc_pack_str(pk, key);
+  msgpack_pack_uint64(pk, val);
+}
+
+void rpc_pack_kv_i64(msgpack_packer *pk, const char *key, int64_t val)
+{
+  rpc_pack_str(pk, key);
+  msgpack_pack_int64(pk, val);
+}
+
+void rpc_pack_kv_double(msgpack_packer *pk, const char *key, double val)
+{
+  rpc_pack_str(pk, key);
+  msgpack_pack_double(pk, val);
+}
+
+void rpc_pack_kv_bool(msgpack_packer *pk, const char *key, bool val)
+{
+  rpc_pack_str(pk, key);
+  if (val)
+    msgpack_pack_true(pk);
+  else
+    msgpack_pack_false(pk);
+}
+
+void rpc_pack_result_head(msgpack_packer *pk, uint32_t msgid)
+{
+  msgpack_pack_array(pk, 4);
+  msgpack_pack_uint8(pk, GS_RPC_RESPONSE);
+  msgpack_pack_uint32(pk, msgid);
+  msgpack_pack_nil(pk);
+}
+
+static void pack_error_map(msgpack_packer *pk, int code, const char *message)
+{
+  msgpack_pack_map(pk, 3);
+  rpc_pack_kv_u64(pk, "code", (uint64_t)code);
+  rpc_pack_kv_str(pk, "name", gs_code_name(code));
+  rpc_pack_kv_str(pk, "message", message);
+}
+
+void rpc_pack_error(msgpack_packer *pk, uint32_t msgid, int code,
+                    const char *fmt, ...)
+{
+  char message[512];
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof(message), fmt, ap);
+  va_end(ap);
+  msgpack_pack_array(pk, 4);
+  msgpack_pack_uint8(pk, GS_RPC_RESPONSE);
+  msgpack_pack_uint32(pk, msgid);
+  pack_error_map(pk, code, message);
+  msgpack_pack_nil(pk);
+}
+
+void rpc_pack_error_notification(msgpack_packer *pk, int code,
+                                 const char *message)
+{
+  msgpack_pack_array(pk, 3);
+  msgpack_pack_uint8(pk, GS_RPC_NOTIFICATION);
+  rpc_pack_str(pk, "error");
+  msgpack_pack_array(pk, 1);
+  pack_error_map(pk, code, message);
+}
