@@ -139,7 +139,8 @@ clean:
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 # --- fuzzing (scan) --------------------------------------------------------
-# make fuzz [FUZZ_SECONDS=60]: libFuzzer on the MessagePack scanner, with
+# make fuzz [FUZZ_SECONDS=60]: libFuzzer on the MessagePack scanner and the
+# request decoder behind it, with
 # clang. It runs on $(BUILD)/fuzz-corpus, seeded from the committed
 # fuzz/corpus/scan (which it never writes) and kept between runs; a crash
 # leaves its input in $(BUILD)/crash-*. fuzz/make-corpus.sh remakes the seeds.
@@ -149,10 +150,12 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
 
 .PHONY: fuzz
 
-$(BUILD)/fuzz-scan: fuzz/fuzz_scan.c server/scan.c server/scan.h | deps
+FUZZ_SRC := fuzz/fuzz_scan.c server/scan.c server/rpc.c server/errors.c
+
+$(BUILD)/fuzz-scan: $(FUZZ_SRC) server/scan.h server/rpc.h | deps
 	@mkdir -p $(BUILD)
-	clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ fuzz/fuzz_scan.c server/scan.c \
-	  -lmsgpackc
+	clang $(FUZZ_CFLAGS) -D_GNU_SOURCE $(PKG_CFLAGS) -o $@ $(FUZZ_SRC) \
+	  -lmsgpackc -luv
 
 fuzz: $(BUILD)/fuzz-scan
 	@mkdir -p $(BUILD)/fuzz-corpus

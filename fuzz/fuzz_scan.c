@@ -6,14 +6,45 @@
  * known codes; SCAN_OK means a size within both the input and the limit,
  * and msgpack-c decodes exactly that many bytes as one object; a prefix
  * the scanner waits on (under the smaller limits) is one msgpack-c waits
- * on too. Any broken promise
- * traps, which libFuzzer records as a crash with its input.
+ * on too. Every message the scanner accepts under the server's default
+ * limit then goes through the server's request decoder (rpc_decode), as
+ * it would on a connection. Any broken promise traps, which libFuzzer
+ * records as a crash with its input.
  */
 #include <msgpack.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "rpc.h"
 #include "scan.h"
+
+#define SERVER_MAX_MESSAGE 4096 /* the default limits.max_message */
+
+/* Decodes an accepted message the way a connection does. */
+static void decode(const uint8_t *data, size_t size)
+{
+  static msgpack_zone zone;
+  static int ready;
+  struct rpc_request req;
+  bool msgid_known;
+  uint32_t msgid;
+  char why[256];
+
+  if (!ready) {
+    if (!rpc_zone_init(&zone, SERVER_MAX_MESSAGE))
+      __builtin_trap();
+    ready = 1;
+  }
+  if (rpc_decode((const char *)data, size, &zone, &req, &msgid_known, &msgid,
+                 why, sizeof(why))) {
+    /* A decoded request has a method and at most one argument map. */
+    if (req.args && req.args->type != MSGPACK_OBJECT_MAP)
+      __builtin_trap();
+    (void)rpc_check_keys(req.args, (const char *const[]){"ip", "user", NULL},
+                         why, sizeof(why));
+  }
+  msgpack_zone_clear(&zone);
+}
 
 static void check(const uint8_t *data, size_t len, size_t max_size)
 {
@@ -32,6 +63,8 @@ static void check(const uint8_t *data, size_t len, size_t max_size)
         off != size)
       __builtin_trap();
     msgpack_unpacked_destroy(&u);
+    if (max_size == SERVER_MAX_MESSAGE)
+      decode(data, size);
     return;
   case SCAN_NEED_MORE:
     if (len >= max_size)
@@ -61,7 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 {
-  static const size_t limits[] = {16, 4096, 1 << 20};
+  static const size_t limits[] = {16, SERVER_MAX_MESSAGE, 1 << 20};
   uint32_t msgid;
 
   for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
