@@ -8,7 +8,7 @@
 
 CC ?= cc
 BUILD := build
-PKGS := libuv libmaxminddb msgpack sqlite3 yaml-0.1
+PKGS := libuv libmaxminddb msgpack sqlite3 yaml-0.1 libsodium
 # Deferred (=) so pkg-config runs after install-deps has run.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lm
@@ -24,10 +24,11 @@ CFLAGS ?=
 
 ENGINE_SRC := server/addr.c server/diag.c server/errors.c server/yamldoc.c \
               server/dcmap.c server/geo.c server/rank.c server/table.c \
-              server/config.c server/scan.c
+              server/config.c server/scan.c server/text.c
 # The daemon's modules; geosteerd.c holds main() and stays out of the lib.
 SERVER_SRC := server/log.c server/rpc.c server/conn.c server/store.c \
-              server/reload.c server/route.c server/admin.c server/stats.c
+              server/reload.c server/route.c server/admin.c server/stats.c \
+              server/optout.c server/privacy.c
 CLI_SRC := client/geosteer.c
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_LOOKUP_SRC := bench/bench_lookup.c
@@ -150,7 +151,8 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
 
 .PHONY: fuzz
 
-FUZZ_SRC := fuzz/fuzz_scan.c server/scan.c server/rpc.c server/errors.c
+FUZZ_SRC := fuzz/fuzz_scan.c server/scan.c server/rpc.c server/errors.c \
+            server/text.c
 
 $(BUILD)/fuzz-scan: $(FUZZ_SRC) server/scan.h server/rpc.h | deps
 	@mkdir -p $(BUILD)

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
+#include <unistd.h>
 
 #include "dcmap.h"
 #include "geosteer/client.h"
@@ -24,6 +26,7 @@
 #include "geosteer/geosteer.h"
 #include "rank.h"
 #include "table.h"
+#include "text.h"
 
 #define EXIT_BAD 1
 #define EXIT_USAGE 2
@@ -38,6 +41,7 @@ struct opts {
   const char *server;
   const char *admin;
   const char *user, *ip, *hint, *session;
+  const char *actor, *reason;
   bool no_geo;
   bool json;
   const char *args[4]; /* positional arguments */
@@ -64,6 +68,14 @@ static void usage(FILE *out)
           "  [--admin SOCK] stats\n"
           "  [--admin SOCK] explain IP\n"
           "\n"
+          "Support tools (admin socket): geolocation opt-outs\n"
+          "  [--admin SOCK] optout set USER --actor NAME [--reason TEXT]\n"
+          "  [--admin SOCK] optout clear USER --actor NAME [--reason TEXT]\n"
+          "  [--admin SOCK] optout get USER | optout export USER\n"
+          "  [--admin SOCK] optout erase USER --actor NAME\n"
+          "  [--admin SOCK] optout import FILE --actor NAME [--reason TEXT]\n"
+          "  [--admin SOCK] optout count\n"
+          "\n"
           "  --json     print JSON for scripts\n"
           "  --version  print the version\n"
           "\n"
@@ -81,7 +93,8 @@ static int parse_opts(int argc, char **argv, int first, struct opts *o)
     } else if (!strcmp(a, "--map") || !strcmp(a, "--db") ||
                !strcmp(a, "--server") || !strcmp(a, "--admin") ||
                !strcmp(a, "--user") || !strcmp(a, "--ip") ||
-               !strcmp(a, "--hint") || !strcmp(a, "--session")) {
+               !strcmp(a, "--hint") || !strcmp(a, "--session") ||
+               !strcmp(a, "--actor") || !strcmp(a, "--reason")) {
       const char **slot = !strcmp(a, "--map")      ? &o->map
                           : !strcmp(a, "--db")     ? &o->db
                           : !strcmp(a, "--server") ? &o->server
@@ -89,6 +102,8 @@ static int parse_opts(int argc, char **argv, int first, struct opts *o)
                           : !strcmp(a, "--user")   ? &o->user
                           : !strcmp(a, "--ip")     ? &o->ip
                           : !strcmp(a, "--hint")   ? &o->hint
+                          : !strcmp(a, "--actor")  ? &o->actor
+                          : !strcmp(a, "--reason") ? &o->reason
                                                    : &o->session;
       if (i + 1 >= argc) {
         fprintf(stderr, "geosteer: %s needs a value\n", a);
@@ -436,9 +451,10 @@ static int report_call_error(const char *where, int rc,
   return EXIT_BAD;
 }
 
+static int admin_connect(struct opts *o, gs_client **c);
+
 static int cmd_admin(struct opts *o, const char *method, const char *argname)
 {
-  const char *where = o->admin ? o->admin : DEFAULT_ADMIN;
   gs_client *c = NULL;
   gs_remote_error err;
   gs_arg arg;
@@ -450,19 +466,8 @@ static int cmd_admin(struct opts *o, const char *method, const char *argname)
             argname ? "one argument" : "no arguments");
     return EXIT_USAGE;
   }
-  /* A bare path without a slash would read as host:port. */
-  char path[4096];
-  if (strchr(where, '/') == NULL) {
-    snprintf(path, sizeof(path), "./%s", where);
-    where = path;
-  }
-  if ((rc = gs_client_connect(where, TIMEOUT_MS, &c)) != 0) {
-    fprintf(stderr,
-            "geosteer: cannot connect to %s: %s (is geosteerd "
-            "running? --admin names its admin socket)\n",
-            where, gs_client_strerror(rc));
-    return EXIT_BAD;
-  }
+  if ((rc = admin_connect(o, &c)) != 0)
+    return rc;
   arg = (gs_arg){argname, argname ? o->args[0] : NULL, false};
   rc = gs_client_call(c, method, &arg, argname ? 1 : 0, &r, &err);
   if (rc != 0) {
@@ -476,6 +481,218 @@ static int cmd_admin(struct opts *o, const char *method, const char *argname)
   }
   gs_client_close(c);
   return rc;
+}
+
+static int admin_connect(struct opts *o, gs_client **c)
+{
+  const char *where = o->admin ? o->admin : DEFAULT_ADMIN;
+  char path[4096];
+  int rc;
+
+  /* A bare path without a slash would read as host:port. */
+  if (strchr(where, '/') == NULL) {
+    snprintf(path, sizeof(path), "./%s", where);
+    where = path;
+  }
+  if ((rc = gs_client_connect(where, TIMEOUT_MS, c)) != 0) {
+    fprintf(stderr,
+            "geosteer: cannot connect to %s: %s (is geosteerd running? "
+            "--admin names its admin socket)\n",
+            where, gs_client_strerror(rc));
+    return EXIT_BAD;
+  }
+  return 0;
+}
+
+/* optout set|clear|get|export|erase USER, optout count. */
+static int cmd_optout(struct opts *o, const char *verb)
+{
+  static const struct {
+    const char *verb, *method;
+    bool needs_user, needs_actor, takes_reason;
+  } verbs[] = {
+      {"set", "optout.set", true, true, true},
+      {"clear", "optout.clear", true, true, true},
+      {"get", "optout.get", true, false, false},
+      {"export", "optout.export", true, false, false},
+      {"erase", "optout.erase", true, true, false},
+      {"count", "optout.count", false, false, false},
+  };
+  gs_arg args[3];
+  size_t nargs = 0;
+  size_t k;
+  gs_client *c;
+  gs_remote_error err;
+  const msgpack_object *r;
+  int rc;
+
+  for (k = 0; k < sizeof(verbs) / sizeof(verbs[0]); k++)
+    if (!strcmp(verbs[k].verb, verb))
+      break;
+  if (k == sizeof(verbs) / sizeof(verbs[0])) {
+    fprintf(stderr, "geosteer: unknown optout command '%s'\n", verb);
+    return EXIT_USAGE;
+  }
+  if (o->nargs != (verbs[k].needs_user ? 1 : 0) ||
+      (verbs[k].needs_actor && o->actor == NULL) ||
+      (!verbs[k].needs_actor && o->actor) ||
+      (!verbs[k].takes_reason && o->reason)) {
+    fprintf(stderr, "usage: geosteer optout %s%s%s%s\n", verb,
+            verbs[k].needs_user ? " USER" : "",
+            verbs[k].needs_actor ? " --actor NAME" : "",
+            verbs[k].takes_reason ? " [--reason TEXT]" : "");
+    return EXIT_USAGE;
+  }
+  if (verbs[k].needs_user)
+    args[nargs++] = (gs_arg){"user", o->args[0], false};
+  if (o->actor)
+    args[nargs++] = (gs_arg){"actor", o->actor, false};
+  if (o->reason)
+    args[nargs++] = (gs_arg){"reason", o->reason, false};
+  if ((rc = admin_connect(o, &c)) != 0)
+    return rc;
+  rc = gs_client_call(c, verbs[k].method, args, nargs, &r, &err);
+  if (rc != 0) {
+    rc = report_call_error(verbs[k].method, rc, &err);
+  } else {
+    if (o->json)
+      print_json(r), putchar('\n');
+    else
+      print_human(r, 0, false);
+  }
+  gs_client_close(c);
+  return rc;
+}
+
+#define IMPORT_BATCH 500
+
+struct import_counts {
+  size_t lines, blank, bad, added, already;
+};
+
+static int send_batch(gs_client *c, struct opts *o, char **users, size_t n,
+                      struct import_counts *counts)
+{
+  gs_remote_error err;
+  const msgpack_object *r;
+  int rc;
+
+  rc = gs_client_call_users(c, "optout.set_many", (const char **)users, n,
+                            o->actor, o->reason, &r, &err);
+  if (rc != 0)
+    return report_call_error("optout.set_many", rc, &err);
+  for (uint32_t i = 0; r->type == MSGPACK_OBJECT_MAP && i < r->via.map.size;
+       i++) {
+    const msgpack_object *key = &r->via.map.ptr[i].key;
+    const msgpack_object *val = &r->via.map.ptr[i].val;
+    if (key->type != MSGPACK_OBJECT_STR ||
+        val->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+      continue;
+    if (key->via.str.size == 5 && !memcmp(key->via.str.ptr, "added", 5))
+      counts->added += val->via.u64;
+    else if (key->via.str.size == 7 && !memcmp(key->via.str.ptr, "already", 7))
+      counts->already += val->via.u64;
+  }
+  return 0;
+}
+
+static void progress(const struct import_counts *c, long done, long total)
+{
+  int pct = total > 0 ? (int)(100 * done / total) : 100;
+  int bar = pct / 4;
+  fprintf(stderr, "\rimport [%-25.*s] %3d%%  %zu lines", bar,
+          "#########################", pct, c->lines);
+  fflush(stderr);
+}
+
+/* optout import FILE: one user id per line, batched, idempotent. */
+static int cmd_import(struct opts *o)
+{
+  struct import_counts counts = {0};
+  char *users[IMPORT_BATCH];
+  size_t n = 0;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  gs_client *c = NULL;
+  FILE *f;
+  long total = 0;
+  bool tty = isatty(STDERR_FILENO) && !o->json;
+  int rc = 0;
+
+  if (o->nargs != 1 || o->actor == NULL) {
+    fprintf(stderr, "usage: geosteer optout import FILE --actor NAME "
+                    "[--reason TEXT]\n");
+    return EXIT_USAGE;
+  }
+  f = fopen(o->args[0], "rb");
+  if (f == NULL) {
+    fprintf(stderr, "geosteer: %s: %s\n", o->args[0], strerror(errno));
+    return EXIT_BAD;
+  }
+  if (fseek(f, 0, SEEK_END) == 0) {
+    total = ftell(f);
+    rewind(f);
+  }
+  if ((rc = admin_connect(o, &c)) != 0) {
+    fclose(f);
+    return rc;
+  }
+  while (rc == 0 && (len = getline(&line, &cap, f)) >= 0) {
+    counts.lines++;
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+      line[--len] = '\0';
+    if (len == 0) {
+      counts.blank++;
+      continue;
+    }
+    /* Never echo the id: only where it is and what is wrong. */
+    if ((size_t)len > GS_USER_MAX || !text_valid_utf8(line, (size_t)len)) {
+      counts.bad++;
+      fprintf(stderr,
+              "%s%s:%zu: not a user id (must be 1..%d bytes of "
+              "UTF-8 without NUL bytes); skipped\n",
+              tty ? "\n" : "", o->args[0], counts.lines, GS_USER_MAX);
+      continue;
+    }
+    users[n] = strdup(line);
+    if (users[n] == NULL) {
+      rc = EXIT_BAD;
+      break;
+    }
+    if (++n == IMPORT_BATCH) {
+      rc = send_batch(c, o, users, n, &counts);
+      while (n > 0)
+        free(users[--n]);
+      if (tty)
+        progress(&counts, ftell(f), total);
+    }
+  }
+  if (rc == 0 && n > 0)
+    rc = send_batch(c, o, users, n, &counts);
+  while (n > 0)
+    free(users[--n]);
+  if (tty) {
+    progress(&counts, total, total);
+    fputc('\n', stderr);
+  }
+  free(line);
+  fclose(f);
+  gs_client_close(c);
+  if (o->json)
+    printf("{\"lines\":%zu,\"added\":%zu,\"already\":%zu,\"blank\":%zu,"
+           "\"bad\":%zu,\"complete\":%s}\n",
+           counts.lines, counts.added, counts.already, counts.blank, counts.bad,
+           rc == 0 ? "true" : "false");
+  else
+    printf("%s: %zu lines: %zu opted out now, %zu already opted out, %zu "
+           "blank, %zu bad%s\n",
+           o->args[0], counts.lines, counts.added, counts.already, counts.blank,
+           counts.bad,
+           rc == 0 ? ""
+                   : " (stopped early; run the import again: it is "
+                     "idempotent)");
+  return rc != 0 ? rc : counts.bad > 0 ? EXIT_BAD : 0;
 }
 
 static int cmd_route(struct opts *o)
@@ -576,6 +793,13 @@ int main(int argc, char **argv)
     if (o.map == NULL && o.db == NULL)
       return cmd_admin(&o, "explain", "ip");
     return cmd_explain(&o);
+  }
+  if (!strcmp(argv[i], "optout") && i + 1 < argc) {
+    if (parse_opts(argc, argv, i + 2, &o) != 0)
+      return EXIT_USAGE;
+    if (!strcmp(argv[i + 1], "import"))
+      return cmd_import(&o);
+    return cmd_optout(&o, argv[i + 1]);
   }
   if (!strcmp(argv[i], "route")) {
     if (parse_opts(argc, argv, i + 1, &o) != 0)

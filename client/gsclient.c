@@ -302,21 +302,67 @@ static int read_reply(gs_client *c, uint32_t msgid, gs_remote_error *err)
   }
 }
 
+/* Starts [0, msgid, method, ...] in c->out; returns the msgid. */
+static uint32_t begin_request(gs_client *c, msgpack_packer *pk,
+                              const char *method)
+{
+  uint32_t msgid = c->next_msgid++;
+
+  msgpack_zone_clear(&c->zone);
+  msgpack_sbuffer_clear(&c->out);
+  msgpack_packer_init(pk, &c->out, msgpack_sbuffer_write);
+  msgpack_pack_array(pk, 4);
+  msgpack_pack_uint8(pk, GS_RPC_REQUEST);
+  msgpack_pack_uint32(pk, msgid);
+  msgpack_pack_str_with_body(pk, method, strlen(method));
+  return msgid;
+}
+
+/* Sends c->out and waits for the reply to msgid. */
+static int exchange(gs_client *c, uint32_t msgid, const msgpack_object **result,
+                    gs_remote_error *err)
+{
+  int rc;
+
+  if ((rc = send_all(c, c->out.data, c->out.size)) != 0)
+    return rc == -EPIPE || rc == -ECONNRESET ? GS_ERR_CLOSED : rc;
+  if ((rc = read_reply(c, msgid, err)) != 0)
+    return rc;
+  if (result)
+    *result = &c->result;
+  return 0;
+}
+
+int gs_client_call_users(gs_client *c, const char *method,
+                         const char *const *users, size_t n, const char *actor,
+                         const char *reason, const msgpack_object **result,
+                         gs_remote_error *err)
+{
+  msgpack_packer pk;
+  uint32_t msgid = begin_request(c, &pk, method);
+
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_map(&pk, reason ? 3 : 2);
+  msgpack_pack_str_with_body(&pk, "users", 5);
+  msgpack_pack_array(&pk, n);
+  for (size_t i = 0; i < n; i++)
+    msgpack_pack_str_with_body(&pk, users[i], strlen(users[i]));
+  msgpack_pack_str_with_body(&pk, "actor", 5);
+  msgpack_pack_str_with_body(&pk, actor, strlen(actor));
+  if (reason) {
+    msgpack_pack_str_with_body(&pk, "reason", 6);
+    msgpack_pack_str_with_body(&pk, reason, strlen(reason));
+  }
+  return exchange(c, msgid, result, err);
+}
+
 int gs_client_call(gs_client *c, const char *method, const gs_arg *args,
                    size_t nargs, const msgpack_object **result,
                    gs_remote_error *err)
 {
   msgpack_packer pk;
-  uint32_t msgid = c->next_msgid++;
-  int rc;
+  uint32_t msgid = begin_request(c, &pk, method);
 
-  msgpack_zone_clear(&c->zone);
-  msgpack_sbuffer_clear(&c->out);
-  msgpack_packer_init(&pk, &c->out, msgpack_sbuffer_write);
-  msgpack_pack_array(&pk, 4);
-  msgpack_pack_uint8(&pk, GS_RPC_REQUEST);
-  msgpack_pack_uint32(&pk, msgid);
-  msgpack_pack_str_with_body(&pk, method, strlen(method));
   if (nargs == 0) {
     msgpack_pack_array(&pk, 0);
   } else {
@@ -332,13 +378,7 @@ int gs_client_call(gs_client *c, const char *method, const gs_arg *args,
         msgpack_pack_false(&pk);
     }
   }
-  if ((rc = send_all(c, c->out.data, c->out.size)) != 0)
-    return rc == -EPIPE || rc == -ECONNRESET ? GS_ERR_CLOSED : rc;
-  if ((rc = read_reply(c, msgid, err)) != 0)
-    return rc;
-  if (result)
-    *result = &c->result;
-  return 0;
+  return exchange(c, msgid, result, err);
 }
 
 int gs_route(gs_client *c, const char *user, const char *ip, const char *hint,

@@ -9,6 +9,7 @@
  * is closed. map.reload replies only when the rebuild has finished (the
  * reply is deferred; the connection reads nothing else meanwhile).
  */
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -253,6 +254,15 @@ int admin_dispatch(struct conn *c, const struct rpc_request *req,
     return c->auth_failures >= AUTH_MAX_FAILURES ? -1 : 0;
   }
 
+  if (req->method.size > 7 && memcmp(req->method.ptr, "optout.", 7) == 0) {
+    if (!privacy_dispatch(d, req, pk))
+      rpc_pack_error(pk, id, GS_CODE_UNKNOWN_METHOD,
+                     "unknown admin method '%s' (optout.set, optout.clear, "
+                     "optout.get, optout.export, optout.erase, "
+                     "optout.set_many, optout.count)",
+                     method);
+    return 0;
+  }
   if (rpc_str_is(req->method, "dc.drain") ||
       rpc_str_is(req->method, "dc.undrain"))
     allowed = dc_args;
@@ -294,7 +304,7 @@ int admin_dispatch(struct conn *c, const struct rpc_request *req,
   } else {
     rpc_pack_error(pk, id, GS_CODE_UNKNOWN_METHOD,
                    "unknown admin method '%s' (map.reload, map.show, dc.drain, "
-                   "dc.undrain, dc.list, stats, explain, ping)",
+                   "dc.undrain, dc.list, stats, explain, ping, optout.*)",
                    method);
   }
   return 0;

@@ -481,8 +481,31 @@ static const struct key geo_keys[] = {
 
 static const struct key store_keys[] = {
     PATH("path", store_path, "geosteer.db"),
+    /* Default computed after loading: beside the database (see load_all). */
+    PATH("key_file", store_key_file, NULL),
+    INT("audit_retention_days", audit_retention_days, 1, 36500, 400),
     {NULL},
 };
+
+/* anonymous: geo | nogeo: requests without a user are geolocated or not. */
+static void read_anonymous(struct loader *ld, yaml_node_t *v, yaml_node_t *at,
+                           const struct key *k, const char *name)
+{
+  const char *s;
+  char found[64];
+
+  (void)at;
+  (void)k;
+  if (v == NULL)
+    return; /* default: geo */
+  if (v->type == YAML_SCALAR_NODE && yamldoc_string(&ld->y, v, name, &s) &&
+      (strcmp(s, "geo") == 0 || strcmp(s, "nogeo") == 0)) {
+    ld->c->anonymous_nogeo = strcmp(s, "nogeo") == 0;
+    return;
+  }
+  yamldoc_describe(v, found, sizeof(found));
+  yamldoc_error(&ld->y, v, name, "must be geo or nogeo, got %s", found);
+}
 
 static const struct key limits_keys[] = {
     INT("max_message", max_message, 64, 16777216, 4096),
@@ -506,6 +529,7 @@ static const struct key top_keys[] = {
      .aux_offset = FIELD(ntrusted),
      .dflt_list = default_trusted},
     INT("workers", workers, 1, CONFIG_MAX_WORKERS, 1),
+    {.name = "anonymous", .read = read_anonymous},
     SECTION("limits", limits_keys),
     {NULL},
 };
@@ -614,6 +638,12 @@ static void load_all(struct loader *ld, yaml_node_t *root)
   walk(ld, root, root, NULL, top_keys);
   if (root->type == YAML_MAPPING_NODE)
     check_across(ld, root);
+  /* The key lives beside the database unless placed elsewhere. */
+  if (ld->c->store_key_file == NULL && ld->c->store_path != NULL) {
+    ld->c->store_key_file = resolve(ld->c->store_path, "geosteer.key");
+    if (ld->c->store_key_file == NULL)
+      nomem(ld, root, "store.key_file");
+  }
 }
 
 void config_free(struct config *c)
@@ -626,6 +656,7 @@ void config_free(struct config *c)
   free(c->geo_database);
   free(c->geo_map);
   free(c->store_path);
+  free(c->store_key_file);
   free(c->trusted);
   free(c);
 }

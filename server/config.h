@@ -52,8 +52,11 @@ struct config {
   char *admin_token_file;       /* NULL unless set; required by admin_tcp */
   char *geo_database;
   char *geo_map;
-  char *store_path;     /* default "geosteer.db" */
-  struct cidr *trusted; /* trusted_proxies */
+  char *store_path;              /* default "geosteer.db" */
+  char *store_key_file;          /* default "geosteer.key" beside store_path */
+  uint32_t audit_retention_days; /* 1..36500, default 400 */
+  bool anonymous_nogeo;          /* anonymous: nogeo (default geo) */
+  struct cidr *trusted;          /* trusted_proxies */
   size_t ntrusted;
   int workers;              /* 1..64, default 1 */
   size_t max_message;       /* bytes, default 4096 */

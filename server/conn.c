@@ -32,12 +32,13 @@ static void flush(struct conn *c);
 static void process_input(struct conn *c);
 
 int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
-                     const struct config *cfg, _Atomic size_t *open_conns,
-                     conn_dispatch_fn dispatch, void *ctx, const char *kind)
+                     const struct config *cfg, size_t max_message,
+                     _Atomic size_t *open_conns, conn_dispatch_fn dispatch,
+                     void *ctx, const char *kind)
 {
   memset(srv, 0, sizeof(*srv));
   srv->loop = loop;
-  srv->max_message = cfg->max_message;
+  srv->max_message = max_message ? max_message : cfg->max_message;
   srv->max_pending_bytes = cfg->max_pending_bytes;
   srv->idle_timeout_ms = cfg->idle_timeout_ms;
   srv->max_connections = cfg->max_connections;
@@ -45,7 +46,7 @@ int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
   srv->dispatch = dispatch;
   srv->ctx = ctx;
   srv->kind = kind;
-  if (!rpc_zone_init(&srv->zone, cfg->max_message))
+  if (!rpc_zone_init(&srv->zone, srv->max_message))
     return GS_ERR_NOMEM;
   return 0;
 }

@@ -86,10 +86,14 @@ struct conn {
   struct wbuf flight; /* bytes of the write in progress */
 };
 
-/* Initialises srv (zone included). Returns 0 or GS_ERR_NOMEM. */
+/*
+ * Initialises srv (zone included) with cfg's limits; max_message 0 takes
+ * cfg's. Returns 0 or GS_ERR_NOMEM.
+ */
 int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
-                     const struct config *cfg, _Atomic size_t *open_conns,
-                     conn_dispatch_fn dispatch, void *ctx, const char *kind);
+                     const struct config *cfg, size_t max_message,
+                     _Atomic size_t *open_conns, conn_dispatch_fn dispatch,
+                     void *ctx, const char *kind);
 void conn_server_free(struct conn_server *srv);
 
 /*

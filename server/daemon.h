@@ -7,11 +7,12 @@
  * listening ports (SO_REUSEPORT). What workers read is published by the
  * control loop through one atomic pointer: the current snapshot.
  *
- * Snapshot lifetime (quiescent-state reclamation): workers load the
- * pointer per request and never keep it across callbacks. After a swap the
- * control loop wakes every worker (uv_async); a worker's wake callback
- * records the generation it has seen. A retired snapshot is freed once
- * every worker has seen a later generation. No lock on the route path.
+ * Lifetime of what workers read (quiescent-state reclamation): workers
+ * load the snapshot and opt-out index pointers per request and never keep
+ * them across callbacks. After a swap the control loop bumps the epoch and
+ * wakes every worker (uv_async); a worker's wake callback records the
+ * epoch it has seen. A retired object is freed once every worker has seen
+ * a later epoch. No lock on the route path.
  */
 #ifndef GS_DAEMON_H
 #define GS_DAEMON_H
@@ -35,7 +36,8 @@
 
 /* Counters of one worker; written by that worker only (relaxed). */
 struct worker_stats {
-  _Atomic uint64_t route, ping, other;           /* requests by method */
+  _Atomic uint64_t route, ping, other; /* requests by method */
+  _Atomic uint64_t geo_lookups;        /* route requests that used the table */
   _Atomic uint64_t reasons[GS_REASON_COUNT_];    /* route answers by reason */
   _Atomic uint64_t errors[GS_CODE_COUNT_];       /* error replies by code */
   _Atomic uint64_t latency[LATENCY_BUCKETS + 1]; /* last: +Inf */
@@ -52,6 +54,16 @@ extern const uint64_t latency_bounds_ns[LATENCY_BUCKETS];
       atomic_load_explicit(&(counter), memory_order_relaxed) + (n),            \
       memory_order_relaxed)
 
+struct daemon;
+
+/* Something workers may still read, freed once they cannot. */
+struct retired {
+  void *object;
+  void (*release)(struct daemon *d, void *object);
+  uint64_t before; /* freed once every worker has seen this epoch */
+  struct retired *next;
+};
+
 struct snapshot {
   struct table *table;
   struct dcmap *map; /* for explain, hint and fallbacks */
@@ -61,8 +73,6 @@ struct snapshot {
   double build_seconds;
   _Atomic uint64_t drained[DRAIN_WORDS]; /* bit i: map->dcs[i] drained */
   _Atomic uint64_t *dc_answers;          /* [worker * ndcs + dc] */
-  struct snapshot *retired_next;
-  uint64_t retired_before; /* freed once every worker saw this generation */
 };
 
 struct worker {
@@ -73,7 +83,7 @@ struct worker {
   uv_async_t wake;
   uv_timer_t deadline; /* shutdown: closes what is still open */
   struct conn_server srv;
-  _Atomic uint64_t seen_generation;
+  _Atomic uint64_t seen_epoch;
   struct worker_stats stats;
 };
 
@@ -88,9 +98,17 @@ struct daemon {
   uv_loop_t *loop; /* control */
   struct store *store;
   _Atomic(struct snapshot *) current;
-  uint64_t generation;
-  struct snapshot *retired;
+  uint64_t generation;    /* of the current snapshot */
+  _Atomic uint64_t epoch; /* bumped by every swap workers must see */
+  struct retired *retired;
   uv_timer_t retire_timer;
+
+  /* opt-outs */
+  uint8_t optout_key[16];
+  _Atomic(struct optout_index *) optouts; /* NULL while the store is down */
+  _Atomic bool store_healthy;
+  char store_problem[256];
+  uv_timer_t store_timer; /* recovery retries, then the daily purge */
 
   struct worker *workers;
   int nworkers;
@@ -132,6 +150,10 @@ struct daemon {
 };
 
 /* reload.c */
+void daemon_retire(struct daemon *d, void *object,
+                   void (*release)(struct daemon *, void *));
+/* Folds a snapshot's counters into the totals and frees it. */
+void daemon_release_snapshot(struct daemon *d, void *object);
 int reload_initial(struct daemon *d, struct diag *diag);
 void reload_request(struct daemon *d, void (*done)(void *, int, const char *),
                     void *arg);
@@ -150,6 +172,13 @@ int route_dispatch(struct conn *c, const struct rpc_request *req,
 /* admin.c: dispatch for admin listeners (ctx: struct daemon) */
 int admin_dispatch(struct conn *c, const struct rpc_request *req,
                    msgpack_packer *pk);
+
+/* privacy.c: the opt-out store, index and admin methods */
+void privacy_start(struct daemon *d);
+void privacy_stop(struct daemon *d);
+/* Handles optout.* methods; returns false when method is not one. */
+bool privacy_dispatch(struct daemon *d, const struct rpc_request *req,
+                      msgpack_packer *pk);
 
 /* stats.c */
 void stats_pack(struct daemon *d, msgpack_packer *pk);

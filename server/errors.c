@@ -54,6 +54,7 @@ const char *gs_reason_name(int reason)
       [GS_REASON_NEAREST] = "nearest",
       [GS_REASON_UNKNOWN] = "unknown",
       [GS_REASON_NOGEO] = "nogeo",
+      [GS_REASON_OPTOUT] = "optout",
   };
   return reason >= 0 && reason < GS_REASON_COUNT_ ? names[reason] : "?";
 }
@@ -72,6 +73,7 @@ const char *gs_code_name(int code)
       [GS_CODE_NOT_FOUND] = "NOT_FOUND",
       [GS_CODE_RELOAD_FAILED] = "RELOAD_FAILED",
       [GS_CODE_INTERNAL] = "INTERNAL",
+      [GS_CODE_STORE_UNAVAILABLE] = "STORE_UNAVAILABLE",
   };
   return code > 0 && code < GS_CODE_COUNT_ ? names[code] : "UNKNOWN";
 }

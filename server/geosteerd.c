@@ -29,7 +29,8 @@
 #include "log.h"
 #include "store.h"
 
-#define SHUTDOWN_GRACE_MS 4000 /* under the 5 s promised to operators */
+#define SHUTDOWN_GRACE_MS 4000  /* under the 5 s promised to operators */
+#define ADMIN_MAX_MESSAGE 65536 /* admin batches (optout.set_many) */
 
 static struct daemon daemon_state;
 static uv_signal_t sig_term, sig_int, sig_hup;
@@ -58,11 +59,8 @@ static void on_worker_wake(uv_async_t *a)
 {
   struct worker *w = a->data;
   struct daemon *d = w->d;
-  struct snapshot *s = atomic_load(&d->current);
-
-  /* A quiescent point: this worker holds no snapshot pointer now. */
-  if (s)
-    atomic_store(&w->seen_generation, s->generation);
+  /* A quiescent point: this worker holds no snapshot or index now. */
+  atomic_store(&w->seen_epoch, atomic_load(&d->epoch));
   if (atomic_load(&d->stopping)) {
     conn_server_stop(&w->srv);
     uv_timer_init(&w->loop, &w->deadline);
@@ -106,8 +104,8 @@ static int start_workers(struct daemon *d, struct diag *diag)
     uv_loop_init(&w->loop);
     uv_async_init(&w->loop, &w->wake, on_worker_wake);
     w->wake.data = w;
-    if (conn_server_init(&w->srv, &w->loop, cfg, &d->open_conns, route_dispatch,
-                         w, "route") != 0)
+    if (conn_server_init(&w->srv, &w->loop, cfg, 0, &d->open_conns,
+                         route_dispatch, w, "route") != 0)
       return GS_ERR_NOMEM;
     for (size_t k = 0; k < cfg->nroute; k++) {
       struct listen_addr la = cfg->route[k];
@@ -214,6 +212,7 @@ static void shutdown_daemon(struct daemon *d)
   uv_close((uv_handle_t *)&sig_int, NULL);
   uv_close((uv_handle_t *)&sig_hup, NULL);
   reload_shutdown_handles(d);
+  privacy_stop(d);
   for (int i = 0; i < d->nworkers; i++)
     uv_async_send(&d->workers[i].wake);
 }
@@ -227,17 +226,6 @@ static void on_signal(uv_signal_t *h, int signum)
   } else {
     shutdown_daemon(d);
   }
-}
-
-static void add_drained(void *ctx, const char *dc)
-{
-  struct daemon *d = ctx;
-  void *p =
-      realloc(d->drained_ids, (d->ndrained + 1) * sizeof(*d->drained_ids));
-  if (p == NULL)
-    return;
-  d->drained_ids = p;
-  snprintf(d->drained_ids[d->ndrained++], DCMAP_ID_MAX + 1, "%s", dc);
 }
 
 /* -t: everything start-up would check, without binding or changing state. */
@@ -263,8 +251,18 @@ static int check_only(const char *path)
     struct stat st;
     if (stat(cfg->store_path, &st) == 0) {
       struct store *s;
-      if (store_open(cfg->store_path, &s, &diag) == 0)
+      bool ok = false;
+      if (store_open(cfg->store_path, &s, &diag) == 0) {
+        if (store_integrity_check(s, &ok) != 0 || !ok)
+          diag_add(&diag, cfg->store_path, 0,
+                   "PRAGMA integrity_check failed: the store is damaged");
         store_close(s);
+      }
+      if (stat(cfg->store_key_file, &st) != 0)
+        diag_add(&diag, cfg->store_key_file, 0,
+                 "the opt-out key is missing while the store exists: "
+                 "restore it from the backup taken with the database "
+                 "(without it, stored opt-outs cannot be matched)");
     } else {
       char *dir = strdup(cfg->store_path);
       char *slash = dir ? strrchr(dir, '/') : NULL;
@@ -302,12 +300,6 @@ static int run(const char *path)
   d->loop = loop;
   if ((rc = config_load(path, &d->cfg, &diag)) != 0)
     goto fail;
-  if ((rc = store_open(d->cfg->store_path, &d->store, &diag)) != 0)
-    goto fail;
-  if ((rc = store_each_drain(d->store, add_drained, d)) != 0) {
-    diag_add(&diag, d->cfg->store_path, 0, "cannot read drain state");
-    goto fail;
-  }
   if (d->cfg->has_admin_tcp &&
       (rc = read_token(d->cfg->admin_token_file, d->admin_token,
                        sizeof(d->admin_token), &d->admin_token_len, &diag)) !=
@@ -315,10 +307,13 @@ static int run(const char *path)
     goto fail;
   if ((rc = reload_initial(d, &diag)) != 0)
     goto fail;
+  /* Opt-outs and drains; a store problem fails closed, not fatally. */
+  privacy_start(d);
   if ((rc = prepare_unix_path(d->cfg->admin_path, &diag)) != 0)
     goto fail;
-  if ((rc = conn_server_init(&d->admin, loop, d->cfg, &d->admin_conns,
-                             admin_dispatch, d, "admin")) != 0 ||
+  if ((rc = conn_server_init(&d->admin, loop, d->cfg, ADMIN_MAX_MESSAGE,
+                             &d->admin_conns, admin_dispatch, d, "admin")) !=
+          0 ||
       (rc = conn_listen_unix(&d->admin, d->cfg->admin_path)) != 0) {
     diag_add(&diag, d->cfg->admin_path, 0, "cannot listen: %s",
              rc < 0 && rc > -5000 ? uv_strerror(rc) : gs_strerror(rc));
@@ -329,8 +324,9 @@ static int run(const char *path)
     d->has_admin_tcp = true;
     uint16_t port;
     char text[80];
-    if ((rc = conn_server_init(&d->admin_tcp, loop, d->cfg, &d->admin_conns,
-                               admin_dispatch, d, "admin_tcp")) != 0 ||
+    if ((rc = conn_server_init(&d->admin_tcp, loop, d->cfg, ADMIN_MAX_MESSAGE,
+                               &d->admin_conns, admin_dispatch, d,
+                               "admin_tcp")) != 0 ||
         (rc = conn_listen_tcp(&d->admin_tcp, &d->cfg->admin_tcp, false,
                               &port)) != 0) {
       diag_add(&diag, d->cfg->path, 0, "cannot listen on %s: %s",

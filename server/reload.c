@@ -75,23 +75,57 @@ bool snapshot_is_drained(const struct snapshot *s, size_t dc)
 static void on_retire_poll(uv_timer_t *t)
 {
   struct daemon *d = t->data;
-  struct snapshot **p = &d->retired;
+  struct retired **p = &d->retired;
 
   while (*p) {
-    struct snapshot *s = *p;
+    struct retired *r = *p;
     bool quiet = true;
     for (int i = 0; i < d->nworkers && quiet; i++)
-      quiet = atomic_load(&d->workers[i].seen_generation) >= s->retired_before;
+      quiet = atomic_load(&d->workers[i].seen_epoch) >= r->before;
     if (quiet) {
-      *p = s->retired_next;
-      stats_fold_snapshot(d, s);
-      snapshot_free(s);
+      *p = r->next;
+      r->release(d, r->object);
+      free(r);
     } else {
-      p = &s->retired_next;
+      p = &r->next;
     }
   }
   if (d->retired == NULL)
     uv_timer_stop(t);
+}
+
+/*
+ * Frees object with release once no worker can still be reading it: the
+ * caller has just unpublished it. Control loop only.
+ */
+void daemon_retire(struct daemon *d, void *object,
+                   void (*release)(struct daemon *, void *))
+{
+  struct retired *r = malloc(sizeof(*r));
+  uint64_t epoch = atomic_fetch_add(&d->epoch, 1) + 1;
+
+  if (r == NULL) {
+    /* Cannot track it: keeping it is safe, freeing it is not. */
+    log_event(LOG_ERROR, "retire_out_of_memory", NULL);
+    return;
+  }
+  r->object = object;
+  r->release = release;
+  r->before = epoch;
+  r->next = d->retired;
+  d->retired = r;
+  if (atomic_load(&d->stopping))
+    return; /* the workers are going; everything is freed at the end */
+  for (int i = 0; i < d->nworkers; i++)
+    uv_async_send(&d->workers[i].wake);
+  uv_timer_start(&d->retire_timer, on_retire_poll, RETIRE_POLL_MS,
+                 RETIRE_POLL_MS);
+}
+
+void daemon_release_snapshot(struct daemon *d, void *object)
+{
+  stats_fold_snapshot(d, object);
+  snapshot_free(object);
 }
 
 /* Makes s current (control loop only). s gets drain bits and counters. */
@@ -110,15 +144,8 @@ static int publish(struct daemon *d, struct snapshot *s)
   }
   s->generation = ++d->generation;
   struct snapshot *old = atomic_exchange(&d->current, s);
-  if (old) {
-    old->retired_before = s->generation;
-    old->retired_next = d->retired;
-    d->retired = old;
-    for (int i = 0; i < d->nworkers; i++)
-      uv_async_send(&d->workers[i].wake);
-    uv_timer_start(&d->retire_timer, on_retire_poll, RETIRE_POLL_MS,
-                   RETIRE_POLL_MS);
-  }
+  if (old)
+    daemon_retire(d, old, daemon_release_snapshot);
   return 0;
 }
 
@@ -319,11 +346,12 @@ void reload_shutdown_handles(struct daemon *d)
 
 void reload_shutdown(struct daemon *d)
 {
-  /* Workers have stopped: nothing reads any snapshot any more. */
+  /* Workers have stopped: nothing reads anything any more. */
   while (d->retired) {
-    struct snapshot *s = d->retired;
-    d->retired = s->retired_next;
-    snapshot_free(s);
+    struct retired *r = d->retired;
+    d->retired = r->next;
+    r->release(d, r->object);
+    free(r);
   }
   snapshot_free(atomic_exchange(&d->current, NULL));
 }
@@ -340,6 +368,12 @@ int daemon_drain(struct daemon *d, const char *dc, bool on, char *why,
   if (idx < 0) {
     snprintf(why, why_size, "no data center '%s' in the map", dc);
     return GS_CODE_NOT_FOUND;
+  }
+  if (d->store == NULL || !atomic_load(&d->store_healthy)) {
+    snprintf(why, why_size,
+             "the store is unavailable; drain state cannot "
+             "be recorded");
+    return GS_CODE_STORE_UNAVAILABLE;
   }
   if (store_set_drain(d->store, dc, on) != 0) {
     snprintf(why, why_size, "could not record the drain state");

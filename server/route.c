@@ -12,52 +12,11 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "optout.h"
 #include "rank.h"
 
 static const char *const route_args[] = {"user",   "ip",      "hint",
                                          "no_geo", "session", NULL};
-
-/* Valid UTF-8 without NUL (overlongs and surrogates refused). */
-static bool valid_utf8(const unsigned char *s, size_t n)
-{
-  size_t i = 0;
-  while (i < n) {
-    unsigned char c = s[i];
-    size_t len;
-    uint32_t cp;
-    if (c == 0)
-      return false;
-    if (c < 0x80) {
-      i++;
-      continue;
-    }
-    if ((c & 0xe0) == 0xc0) {
-      len = 2;
-      cp = c & 0x1f;
-    } else if ((c & 0xf0) == 0xe0) {
-      len = 3;
-      cp = c & 0x0f;
-    } else if ((c & 0xf8) == 0xf0) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + len > n)
-      return false;
-    for (size_t k = 1; k < len; k++) {
-      if ((s[i + k] & 0xc0) != 0x80)
-        return false;
-      cp = (cp << 6) | (s[i + k] & 0x3f);
-    }
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-      return false;
-    i += len;
-  }
-  return true;
-}
 
 static bool valid_session(msgpack_object_str s)
 {
@@ -75,7 +34,9 @@ static bool valid_session(msgpack_object_str s)
 struct route_args {
   bool has_ip, no_geo;
   addr128 ip;
-  int hint; /* DC index, -1 none */
+  int hint;         /* DC index, -1 none */
+  const char *user; /* points into the request; NULL when absent */
+  size_t user_len;
 };
 
 /* Returns 0 or a protocol error code with why filled. */
@@ -90,14 +51,14 @@ static int parse_args(struct conn *c, const struct snapshot *s,
   if (!rpc_check_keys(args, route_args, why, why_size))
     return GS_CODE_BAD_REQUEST;
   if ((v = rpc_arg(args, "user")) != NULL) {
-    if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
-        v->via.str.size > GS_USER_MAX ||
-        !valid_utf8((const unsigned char *)v->via.str.ptr, v->via.str.size)) {
+    if (!rpc_valid_text(v, GS_USER_MAX)) {
       snprintf(why, why_size,
                "user must be 1..%d bytes of UTF-8 without NUL bytes",
                GS_USER_MAX);
       return GS_CODE_BAD_REQUEST;
     }
+    ra->user = v->via.str.ptr;
+    ra->user_len = v->via.str.size;
   }
   if ((v = rpc_arg(args, "session")) != NULL &&
       (v->type != MSGPACK_OBJECT_STR || !valid_session(v->via.str))) {
@@ -220,9 +181,25 @@ static void route(struct worker *w, struct conn *c,
     rpc_pack_error(pk, req->msgid, code, "%s", why);
     return;
   }
-  if (ra.no_geo) {
-    /* No geolocation at all: the hint, then the map's default order. */
+  reason = -1;
+  if (!atomic_load_explicit(&w->d->store_healthy, memory_order_acquire)) {
+    /* Fail closed: opt-out state unknown, so nobody is geolocated. */
+    reason = GS_REASON_OPTOUT;
+  } else if (ra.user) {
+    struct optout_uid uid;
+    optout_hash(w->d->optout_key, ra.user, ra.user_len, &uid);
+    if (optout_index_contains(
+            atomic_load_explicit(&w->d->optouts, memory_order_acquire), &uid))
+      reason = GS_REASON_OPTOUT;
+  }
+  if (reason < 0 &&
+      (ra.no_geo || (ra.user == NULL && w->d->cfg->anonymous_nogeo)))
     reason = GS_REASON_NOGEO;
+  if (reason >= 0) {
+    /*
+     * No geolocation at all: neither the table nor the database is
+     * touched. The hint, then the map's default order.
+     */
     if (ra.hint >= 0 && !snapshot_is_drained(s, (size_t)ra.hint))
       dcs[n++] = (uint8_t)ra.hint;
     n = add_undrained(s, m->dflt.dc, m->dflt.n, dcs, n, m->limit);
@@ -232,6 +209,7 @@ static void route(struct worker *w, struct conn *c,
     addr128 a = ra.has_ip ? ra.ip : c->peer;
     uint8_t sc;
     const struct answer *ans = table_lookup(s->table, a, &sc);
+    STAT_ADD(w->stats.geo_lookups, 1);
     reason = ans->reason;
     if (reason != GS_REASON_UNKNOWN)
       scope = sc;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "geosteer/protocol.h"
+#include "text.h"
 
 void wbuf_free(struct wbuf *w)
 {
@@ -263,4 +264,11 @@ void rpc_pack_error_notification(msgpack_packer *pk, int code,
   rpc_pack_str(pk, "error");
   msgpack_pack_array(pk, 1);
   pack_error_map(pk, code, message);
+}
+
+bool rpc_valid_text(const msgpack_object *o, size_t max)
+{
+  return o != NULL && o->type == MSGPACK_OBJECT_STR && o->via.str.size > 0 &&
+         o->via.str.size <= max &&
+         text_valid_utf8(o->via.str.ptr, o->via.str.size);
 }

@@ -60,6 +60,12 @@ bool rpc_check_keys(const msgpack_object *args, const char *const *allowed,
 /* Value of key in args, or NULL. */
 const msgpack_object *rpc_arg(const msgpack_object *args, const char *key);
 
+/*
+ * True when o is a string of 1..max bytes of valid UTF-8 without NUL
+ * bytes (overlong forms and surrogates refused).
+ */
+bool rpc_valid_text(const msgpack_object *o, size_t max);
+
 /* Packing helpers. */
 void rpc_pack_str(msgpack_packer *pk, const char *s);
 void rpc_pack_kv_str(msgpack_packer *pk, const char *key, const char *val);

@@ -19,6 +19,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "optout.h"
 
 const uint64_t latency_bounds_ns[LATENCY_BUCKETS] = {
     5000,    10000,   25000,   50000,    100000,   250000,   500000,
@@ -33,6 +34,7 @@ struct totals {
   uint64_t latency[LATENCY_BUCKETS + 1];
   uint64_t latency_sum_ns;
   uint64_t accepted, rejected, protocol_errors;
+  uint64_t geo_lookups;
 };
 
 static void sum(struct daemon *d, struct totals *t)
@@ -50,6 +52,7 @@ static void sum(struct daemon *d, struct totals *t)
     for (int k = 0; k <= LATENCY_BUCKETS; k++)
       t->latency[k] += LOAD(s->latency[k]);
     t->latency_sum_ns += LOAD(s->latency_sum_ns);
+    t->geo_lookups += LOAD(s->geo_lookups);
     t->accepted += LOAD(d->workers[i].srv.accepted);
     t->rejected += LOAD(d->workers[i].srv.rejected);
     t->protocol_errors += LOAD(d->workers[i].srv.protocol_errors);
@@ -110,8 +113,9 @@ static struct dc_total *dc_counts(struct daemon *d, size_t *n)
   }
   memcpy(out, d->dc_totals, d->ndc_totals * sizeof(*out));
   fold(d, cur, out, d->ndc_totals);
-  for (struct snapshot *s = d->retired; s; s = s->retired_next)
-    fold(d, s, out, d->ndc_totals);
+  for (struct retired *r = d->retired; r; r = r->next)
+    if (r->release == daemon_release_snapshot)
+      fold(d, r->object, out, d->ndc_totals);
   *n = d->ndc_totals;
   return out;
 }
@@ -124,7 +128,15 @@ void stats_pack(struct daemon *d, msgpack_packer *pk)
   int nerr = 0;
 
   sum(d, &t);
-  msgpack_pack_map(pk, 7);
+  msgpack_pack_map(pk, 9);
+  rpc_pack_kv_u64(pk, "geo_lookups", t.geo_lookups);
+  rpc_pack_str(pk, "store");
+  msgpack_pack_map(pk, 2);
+  rpc_pack_kv_bool(pk, "healthy", atomic_load(&d->store_healthy));
+  {
+    struct optout_index *ix = atomic_load(&d->optouts);
+    rpc_pack_kv_u64(pk, "optouts", ix ? optout_index_count(ix) : 0);
+  }
   rpc_pack_str(pk, "requests");
   msgpack_pack_map(pk, 3);
   rpc_pack_kv_u64(pk, "route", t.route);
@@ -245,6 +257,22 @@ char *stats_prometheus(struct daemon *d, size_t *len)
       "scanner or decoder.\n# TYPE geosteer_protocol_errors_total "
       "counter\ngeosteer_protocol_errors_total %llu\n",
       (unsigned long long)s.protocol_errors);
+  put(&t,
+      "# HELP geosteer_geo_lookups_total Route requests answered from "
+      "the geolocation table.\n# TYPE geosteer_geo_lookups_total counter\n"
+      "geosteer_geo_lookups_total %llu\n",
+      (unsigned long long)s.geo_lookups);
+  {
+    struct optout_index *ix = atomic_load(&d->optouts);
+    put(&t,
+        "# HELP geosteer_store_healthy 1 when the opt-out store is usable; 0 "
+        "means routing fails closed (no geolocation).\n"
+        "# TYPE geosteer_store_healthy gauge\ngeosteer_store_healthy %d\n"
+        "# HELP geosteer_optouts Users opted out of geolocation.\n"
+        "# TYPE geosteer_optouts gauge\ngeosteer_optouts %zu\n",
+        atomic_load(&d->store_healthy) ? 1 : 0,
+        ix ? optout_index_count(ix) : 0);
+  }
   put(&t, "# HELP geosteer_dc_answers_total Route answers by first data "
           "center.\n# TYPE geosteer_dc_answers_total counter\n");
   for (size_t i = 0; i < ndc; i++)

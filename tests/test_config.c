@@ -330,14 +330,15 @@ static const struct bad_case bad_cases[] = {
     /* unknown keys, at every level */
     {"unknown top key", MINIMAL "colour: blue\n",
      "4: unknown key 'colour' (expected one of: listen, admin_token_file, "
-     "geo, store, trusted_proxies, workers, limits)"},
+     "geo, store, trusted_proxies, workers, anonymous, limits)"},
     {"unknown listen key", "listen:\n  rout: [\"127.0.0.1:7400\"]\n" GEO,
      "2: unknown key 'rout' in listen (expected one of: route, admin, "
      "metrics, admin_tcp)"},
     {"unknown geo key", ROUTE "geo: { database: a, map: b, city: c }\n",
      "3: unknown key 'city' in geo (expected one of: database, map)"},
     {"unknown store key", MINIMAL "store: { file: x.db }\n",
-     "4: unknown key 'file' in store (expected one of: path)"},
+     "4: unknown key 'file' in store (expected one of: path, key_file, "
+     "audit_retention_days)"},
     {"unknown limits key", MINIMAL "limits: { max_msg: 100 }\n",
      "4: unknown key 'max_msg' in limits (expected one of: max_message, "
      "max_connections, idle_timeout_ms, max_pending_bytes)"},

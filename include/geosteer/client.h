@@ -58,6 +58,15 @@ int gs_client_call(gs_client *c, const char *method, const gs_arg *args,
                    size_t nargs, const msgpack_object **result,
                    gs_remote_error *err);
 
+/*
+ * Calls method with {users: [users...], actor, reason?} (reason may be
+ * NULL): the batch form used by optout.set_many.
+ */
+int gs_client_call_users(gs_client *c, const char *method,
+                         const char *const *users, size_t n, const char *actor,
+                         const char *reason, const msgpack_object **result,
+                         gs_remote_error *err);
+
 /* A routing answer, copied out of the reply. */
 typedef struct gs_route_answer {
   char dc[33];

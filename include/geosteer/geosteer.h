@@ -34,6 +34,7 @@ typedef enum gs_reason {
   GS_REASON_NEAREST = 5,     /* nearest by great-circle distance and bias */
   GS_REASON_UNKNOWN = 6,     /* no location: the map's default order */
   GS_REASON_NOGEO = 7,       /* the client asked for no geolocation */
+  GS_REASON_OPTOUT = 8,      /* the user opted out (or the store is down) */
   GS_REASON_COUNT_
 } gs_reason;
 

@@ -1,0 +1,242 @@
+/*
+ * optout: keyed hashing and the lock-free opt-out index. See optout.h.
+ */
+#include "optout.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "geosteer/geosteer.h"
+
+#define EMPTY 0
+#define TOMBSTONE 1
+#define MAX_LOAD_PCT 70 /* entries + tombstones per 100 slots */
+
+struct slot {
+  _Atomic uint64_t hi; /* EMPTY, TOMBSTONE or a hash's high word */
+  _Atomic uint64_t lo;
+};
+
+struct optout_index {
+  size_t mask;        /* slots - 1 */
+  size_t count, used; /* entries; entries + tombstones */
+  struct slot slots[];
+};
+
+static int hexval(int c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+int optout_load_key(const char *path, uint8_t key[OPTOUT_KEY_BYTES],
+                    struct diag *d)
+{
+  char text[2 * OPTOUT_KEY_BYTES + 2];
+  int fd;
+  ssize_t n;
+
+  if (sodium_init() < 0) {
+    diag_add(d, path, 0, "cannot initialise libsodium");
+    return GS_ERR_IO;
+  }
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) {
+    /* First start: make the key. O_EXCL: never overwrite a key. */
+    randombytes_buf(key, OPTOUT_KEY_BYTES);
+    for (int i = 0; i < OPTOUT_KEY_BYTES; i++)
+      snprintf(text + 2 * i, 3, "%02x", key[i]);
+    text[2 * OPTOUT_KEY_BYTES] = '\n';
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      diag_add(d, path, 0, "cannot create the opt-out key: %s",
+               strerror(errno));
+      return GS_ERR_IO;
+    }
+    n = write(fd, text, 2 * OPTOUT_KEY_BYTES + 1);
+    if (n != 2 * OPTOUT_KEY_BYTES + 1 || fsync(fd) != 0) {
+      diag_add(d, path, 0, "cannot write the opt-out key: %s", strerror(errno));
+      close(fd);
+      unlink(path);
+      return GS_ERR_IO;
+    }
+    close(fd);
+    sodium_memzero(text, sizeof(text));
+    return 0;
+  }
+  if (fd < 0) {
+    diag_add(d, path, 0, "cannot read the opt-out key: %s", strerror(errno));
+    return GS_ERR_IO;
+  }
+  n = read(fd, text, sizeof(text));
+  close(fd);
+  if (n < 2 * OPTOUT_KEY_BYTES) {
+    diag_add(d, path, 0,
+             "opt-out key must be %d hex digits; restore it from the backup "
+             "taken with the database",
+             2 * OPTOUT_KEY_BYTES);
+    return GS_ERR_INVALID;
+  }
+  for (int i = 0; i < OPTOUT_KEY_BYTES; i++) {
+    int h = hexval(text[2 * i]), l = hexval(text[2 * i + 1]);
+    if (h < 0 || l < 0) {
+      diag_add(d, path, 0, "opt-out key must be %d hex digits",
+               2 * OPTOUT_KEY_BYTES);
+      return GS_ERR_INVALID;
+    }
+    key[i] = (uint8_t)(h << 4 | l);
+  }
+  sodium_memzero(text, sizeof(text));
+  return 0;
+}
+
+void optout_uid_from_bytes(const uint8_t in[16], struct optout_uid *out)
+{
+  uint64_t hi = 0, lo = 0;
+  for (int i = 0; i < 8; i++) {
+    hi = hi << 8 | in[i];
+    lo = lo << 8 | in[8 + i];
+  }
+  /* 0 and 1 mark empty and removed slots: fold them away. */
+  if (hi <= TOMBSTONE)
+    hi += 2;
+  out->hi = hi;
+  out->lo = lo;
+}
+
+void optout_uid_bytes(const struct optout_uid *u, uint8_t out[16])
+{
+  for (int i = 0; i < 8; i++) {
+    out[i] = (uint8_t)(u->hi >> (56 - 8 * i));
+    out[8 + i] = (uint8_t)(u->lo >> (56 - 8 * i));
+  }
+}
+
+void optout_hash(const uint8_t key[OPTOUT_KEY_BYTES], const char *user,
+                 size_t len, struct optout_uid *out)
+{
+  uint8_t h[OPTOUT_HASH_BYTES];
+  crypto_shorthash_siphashx24(h, (const unsigned char *)user, len, key);
+  optout_uid_from_bytes(h, out);
+}
+
+struct optout_index *optout_index_new(size_t n)
+{
+  size_t slots = 16;
+  while (slots * MAX_LOAD_PCT / 100 < n + 1)
+    slots *= 2;
+  struct optout_index *ix =
+      calloc(1, sizeof(*ix) + slots * sizeof(struct slot));
+  if (ix)
+    ix->mask = slots - 1;
+  return ix;
+}
+
+void optout_index_free(struct optout_index *ix)
+{
+  free(ix);
+}
+
+bool optout_index_contains(const struct optout_index *ix,
+                           const struct optout_uid *u)
+{
+  size_t i = (size_t)u->lo & ix->mask;
+  for (;;) {
+    uint64_t hi = atomic_load_explicit(&((struct slot *)&ix->slots[i])->hi,
+                                       memory_order_acquire);
+    if (hi == EMPTY)
+      return false;
+    if (hi == u->hi && atomic_load_explicit(&((struct slot *)&ix->slots[i])->lo,
+                                            memory_order_relaxed) == u->lo)
+      return true;
+    i = (i + 1) & ix->mask;
+  }
+}
+
+bool optout_index_full(const struct optout_index *ix)
+{
+  return (ix->used + 1) * 100 > (ix->mask + 1) * MAX_LOAD_PCT;
+}
+
+int optout_index_add(struct optout_index *ix, const struct optout_uid *u)
+{
+  size_t i = (size_t)u->lo & ix->mask;
+  size_t tomb = SIZE_MAX;
+
+  for (;;) {
+    uint64_t hi = atomic_load_explicit(&ix->slots[i].hi, memory_order_relaxed);
+    if (hi == EMPTY)
+      break;
+    if (hi == TOMBSTONE && tomb == SIZE_MAX)
+      tomb = i;
+    if (hi == u->hi &&
+        atomic_load_explicit(&ix->slots[i].lo, memory_order_relaxed) == u->lo)
+      return 0;
+    i = (i + 1) & ix->mask;
+  }
+  if (tomb == SIZE_MAX) {
+    if (optout_index_full(ix))
+      return GS_ERR_LIMIT;
+    ix->used++;
+  } else {
+    i = tomb; /* reuse: `used` already counts it */
+  }
+  atomic_store_explicit(&ix->slots[i].lo, u->lo, memory_order_relaxed);
+  atomic_store_explicit(&ix->slots[i].hi, u->hi, memory_order_release);
+  ix->count++;
+  return 1;
+}
+
+bool optout_index_remove(struct optout_index *ix, const struct optout_uid *u)
+{
+  size_t i = (size_t)u->lo & ix->mask;
+  for (;;) {
+    uint64_t hi = atomic_load_explicit(&ix->slots[i].hi, memory_order_relaxed);
+    if (hi == EMPTY)
+      return false;
+    if (hi == u->hi &&
+        atomic_load_explicit(&ix->slots[i].lo, memory_order_relaxed) == u->lo) {
+      atomic_store_explicit(&ix->slots[i].hi, TOMBSTONE, memory_order_release);
+      ix->count--;
+      return true;
+    }
+    i = (i + 1) & ix->mask;
+  }
+}
+
+struct optout_index *optout_index_grown(const struct optout_index *ix)
+{
+  struct optout_index *g = optout_index_new(2 * ix->count + 16);
+  if (g == NULL)
+    return NULL;
+  for (size_t i = 0; i <= ix->mask; i++) {
+    uint64_t hi = atomic_load_explicit(&ix->slots[i].hi, memory_order_relaxed);
+    if (hi > TOMBSTONE) {
+      struct optout_uid u = {
+          hi, atomic_load_explicit(&ix->slots[i].lo, memory_order_relaxed)};
+      optout_index_add(g, &u);
+    }
+  }
+  return g;
+}
+
+size_t optout_index_count(const struct optout_index *ix)
+{
+  return ix->count;
+}
+
+size_t optout_index_bytes(const struct optout_index *ix)
+{
+  return sizeof(*ix) + (ix->mask + 1) * sizeof(struct slot);
+}
