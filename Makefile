@@ -28,7 +28,7 @@ ENGINE_SRC := server/addr.c server/diag.c server/errors.c server/yamldoc.c \
 # The daemon's modules; geosteerd.c holds main() and stays out of the lib.
 SERVER_SRC := server/log.c server/rpc.c server/conn.c server/store.c \
               server/reload.c server/route.c server/admin.c server/stats.c \
-              server/optout.c server/privacy.c
+              server/optout.c server/privacy.c server/share.c
 CLI_SRC := client/geosteer.c
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_LOOKUP_SRC := bench/bench_lookup.c

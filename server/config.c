@@ -487,6 +487,100 @@ static const struct key store_keys[] = {
     {NULL},
 };
 
+/*
+ * share.precision: continent | country | subdivision | cell. Anything finer
+ * than the whole-degree cell is refused by name, so that a config asking
+ * for it fails loudly instead of silently sharing less.
+ */
+static void read_precision(struct loader *ld, yaml_node_t *v, yaml_node_t *at,
+                           const struct key *k, const char *name)
+{
+  static const char *const names[] = {"continent", "country", "subdivision",
+                                      "cell", NULL};
+  static const char *const finer[] = {"city",    "coordinates", "location",
+                                      "latlon",  "point",       "exact",
+                                      "address", "ip",          NULL};
+  const char *s;
+  char found[64];
+
+  (void)at;
+  (void)k;
+  ld->c->share_precision = SHARE_COUNTRY;
+  if (v == NULL)
+    return;
+  if (v->type == YAML_SCALAR_NODE && yamldoc_string(&ld->y, v, name, &s)) {
+    for (int i = 0; names[i]; i++)
+      if (strcmp(s, names[i]) == 0) {
+        ld->c->share_precision = (uint32_t)i;
+        return;
+      }
+    for (int i = 0; finer[i]; i++)
+      if (strcmp(s, finer[i]) == 0) {
+        yamldoc_error(&ld->y, v, name,
+                      "\"%s\" is finer than a whole-degree cell; the provider "
+                      "may receive at most continent, country, subdivision "
+                      "or cell",
+                      s);
+        return;
+      }
+  }
+  yamldoc_describe(v, found, sizeof(found));
+  yamldoc_error(&ld->y, v, name,
+                "must be continent, country, subdivision or cell, got %s",
+                found);
+}
+
+static void read_share_mode(struct loader *ld, yaml_node_t *v, yaml_node_t *at,
+                            const struct key *k, const char *name)
+{
+  const char *s;
+  char found[64];
+
+  (void)at;
+  (void)k;
+  if (v == NULL)
+    return; /* events */
+  if (v->type == YAML_SCALAR_NODE && yamldoc_string(&ld->y, v, name, &s) &&
+      (strcmp(s, "events") == 0 || strcmp(s, "aggregate") == 0)) {
+    ld->c->share_aggregate = strcmp(s, "aggregate") == 0;
+    return;
+  }
+  yamldoc_describe(v, found, sizeof(found));
+  yamldoc_error(&ld->y, v, name, "must be events or aggregate, got %s", found);
+}
+
+static const struct key share_keys[] = {
+    {.name = "provider",
+     .read = read_listen,
+     .offset = offsetof(struct config, share_provider),
+     .aux_offset = offsetof(struct config, has_share),
+     .nullable = true},
+    {.name = "precision", .read = read_precision},
+    {.name = "mode", .read = read_share_mode},
+    {.name = "min_count",
+     .read = read_int,
+     .offset = offsetof(struct config, share_min_count),
+     .size = sizeof(uint32_t),
+     .min = 1,
+     .max = 1000000,
+     .dflt = 10},
+    {.name = "interval_ms",
+     .read = read_int,
+     .offset = offsetof(struct config, share_interval_ms),
+     .size = sizeof(uint32_t),
+     .min = 10,
+     .max = 3600000,
+     .dflt = 1000},
+    {.name = "queue_max",
+     .read = read_int,
+     .offset = offsetof(struct config, share_queue_max),
+     .size = sizeof(uint32_t),
+     .min = 16,
+     .max = 10000000,
+     .dflt = 100000},
+    {NULL},
+};
+
 /* anonymous: geo | nogeo: requests without a user are geolocated or not. */
 static void read_anonymous(struct loader *ld, yaml_node_t *v, yaml_node_t *at,
                            const struct key *k, const char *name)
@@ -530,6 +624,7 @@ static const struct key top_keys[] = {
      .dflt_list = default_trusted},
     INT("workers", workers, 1, CONFIG_MAX_WORKERS, 1),
     {.name = "anonymous", .read = read_anonymous},
+    {.name = "share", .section = share_keys},
     SECTION("limits", limits_keys),
     {NULL},
 };

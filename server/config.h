@@ -40,6 +40,14 @@ struct listen_addr {
   uint16_t port; /* 0 = ephemeral (tests) */
 };
 
+/* How coarse the location shared with the provider is. */
+enum share_precision {
+  SHARE_CONTINENT,
+  SHARE_COUNTRY,
+  SHARE_SUBDIVISION,
+  SHARE_CELL /* whole-degree grid: [floor(lat), floor(lon)] */
+};
+
 struct config {
   char *path; /* the config file, as given */
   struct listen_addr route[CONFIG_MAX_LISTEN];
@@ -56,7 +64,15 @@ struct config {
   char *store_key_file;          /* default "geosteer.key" beside store_path */
   uint32_t audit_retention_days; /* 1..36500, default 400 */
   bool anonymous_nogeo;          /* anonymous: nogeo (default geo) */
-  struct cidr *trusted;          /* trusted_proxies */
+  /* share: the provider channel; off unless share.provider is set */
+  bool has_share;
+  struct listen_addr share_provider;
+  uint32_t share_precision; /* enum share_precision, default country */
+  bool share_aggregate;     /* mode: aggregate (default events) */
+  uint32_t share_min_count; /* aggregate: smaller buckets are not sent */
+  uint32_t share_interval_ms;
+  uint32_t share_queue_max; /* records held while the provider is slow */
+  struct cidr *trusted;     /* trusted_proxies */
   size_t ntrusted;
   int workers;              /* 1..64, default 1 */
   size_t max_message;       /* bytes, default 4096 */

@@ -29,6 +29,7 @@
 #include "geo.h"
 #include "geosteer/geosteer.h"
 #include "geosteer/protocol.h"
+#include "share.h"
 #include "table.h"
 
 #define DRAIN_WORDS 4 /* 4 x 64 bits >= DCMAP_MAX_DCS */
@@ -81,7 +82,8 @@ struct worker {
   uv_loop_t loop;
   uv_thread_t thread;
   uv_async_t wake;
-  uv_timer_t deadline; /* shutdown: closes what is still open */
+  uv_timer_t deadline;      /* shutdown: closes what is still open */
+  struct share_ring *share; /* NULL when sharing is off */
   struct conn_server srv;
   _Atomic uint64_t seen_epoch;
   struct worker_stats stats;
@@ -147,6 +149,7 @@ struct daemon {
   char admin_token[256];
   size_t admin_token_len;
   uint16_t route_port; /* bound port of the first route listener */
+  struct share *share; /* NULL when sharing is off */
 };
 
 /* reload.c */

@@ -120,6 +120,8 @@ static int start_workers(struct daemon *d, struct diag *diag)
     }
   }
   d->route_port = ports[0];
+  if (share_init(d) != 0)
+    return GS_ERR_NOMEM;
   for (size_t k = 0; k < cfg->nroute; k++) {
     char text[80];
     conn_format_listen(&cfg->route[k], ports[k], text, sizeof(text));
@@ -213,6 +215,7 @@ static void shutdown_daemon(struct daemon *d)
   uv_close((uv_handle_t *)&sig_hup, NULL);
   reload_shutdown_handles(d);
   privacy_stop(d);
+  share_stop(d);
   for (int i = 0; i < d->nworkers; i++)
     uv_async_send(&d->workers[i].wake);
 }
@@ -359,6 +362,7 @@ static int run(const char *path)
   uv_signal_start(&sig_hup, on_signal, SIGHUP);
   if ((rc = start_workers(d, &diag)) != 0)
     goto fail;
+  share_start(d);
   log_event(LOG_INFO, "started", "version=%s pid=%d", GS_VERSION,
             (int)getpid());
 
@@ -371,6 +375,7 @@ static int run(const char *path)
     conn_server_free(&d->workers[i].srv);
   }
   reload_shutdown(d);
+  share_free(d);
   conn_server_free(&d->admin);
   if (d->has_admin_tcp)
     conn_server_free(&d->admin_tcp);

@@ -34,7 +34,9 @@ static bool valid_session(msgpack_object_str s)
 struct route_args {
   bool has_ip, no_geo;
   addr128 ip;
-  int hint;         /* DC index, -1 none */
+  int hint;            /* DC index, -1 none */
+  const char *session; /* points into the request; NULL when absent */
+  size_t session_len;
   const char *user; /* points into the request; NULL when absent */
   size_t user_len;
 };
@@ -65,6 +67,10 @@ static int parse_args(struct conn *c, const struct snapshot *s,
     snprintf(why, why_size, "session must be 1..%d bytes of [A-Za-z0-9._-]",
              GS_SESSION_MAX);
     return GS_CODE_BAD_REQUEST;
+  }
+  if (v) {
+    ra->session = v->via.str.ptr;
+    ra->session_len = v->via.str.size;
   }
   if ((v = rpc_arg(args, "no_geo")) != NULL) {
     if (v->type != MSGPACK_OBJECT_BOOLEAN) {
@@ -173,6 +179,7 @@ static void route(struct worker *w, struct conn *c,
   struct route_args ra;
   uint8_t dcs[DCMAP_MAX_LIMIT];
   int n = 0, reason, scope = -1;
+  const struct coarse_loc *share_loc = NULL;
   char why[256];
   int code = parse_args(c, s, req->args, &ra, why, sizeof(why));
 
@@ -213,6 +220,9 @@ static void route(struct worker *w, struct conn *c,
     reason = ans->reason;
     if (reason != GS_REASON_UNKNOWN)
       scope = sc;
+    /* Only answers that came from a location are shared; nets are not. */
+    if (reason >= GS_REASON_CITY && reason <= GS_REASON_NEAREST)
+      share_loc = &ans->loc;
     n = add_undrained(s, ans->dc, ans->n, dcs, 0, m->limit);
     if (n == 0)
       n = fallback(s, ans, dcs, m->limit);
@@ -224,6 +234,9 @@ static void route(struct worker *w, struct conn *c,
     return;
   }
   STAT_ADD(w->stats.reasons[reason], 1);
+  if (share_loc && w->share)
+    share_offer(w->share, m->dcs[dcs[0]].id, share_loc, ra.session,
+                ra.session_len);
   STAT_ADD(s->dc_answers[(size_t)w->index * m->ndcs + dcs[0]], 1);
 
   rpc_pack_result_head(pk, req->msgid);

@@ -128,8 +128,10 @@ void stats_pack(struct daemon *d, msgpack_packer *pk)
   int nerr = 0;
 
   sum(d, &t);
-  msgpack_pack_map(pk, 9);
+  msgpack_pack_map(pk, 10);
   rpc_pack_kv_u64(pk, "geo_lookups", t.geo_lookups);
+  rpc_pack_str(pk, "share");
+  share_pack_stats(d, pk);
   rpc_pack_str(pk, "store");
   msgpack_pack_map(pk, 2);
   rpc_pack_kv_bool(pk, "healthy", atomic_load(&d->store_healthy));
@@ -272,6 +274,11 @@ char *stats_prometheus(struct daemon *d, size_t *len)
         "# TYPE geosteer_optouts gauge\ngeosteer_optouts %zu\n",
         atomic_load(&d->store_healthy) ? 1 : 0,
         ix ? optout_index_count(ix) : 0);
+  }
+  {
+    char share_text[1024];
+    share_prometheus(d, share_text, sizeof(share_text));
+    put(&t, "%s", share_text);
   }
   put(&t, "# HELP geosteer_dc_answers_total Route answers by first data "
           "center.\n# TYPE geosteer_dc_answers_total counter\n");

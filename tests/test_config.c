@@ -330,7 +330,7 @@ static const struct bad_case bad_cases[] = {
     /* unknown keys, at every level */
     {"unknown top key", MINIMAL "colour: blue\n",
      "4: unknown key 'colour' (expected one of: listen, admin_token_file, "
-     "geo, store, trusted_proxies, workers, anonymous, limits)"},
+     "geo, store, trusted_proxies, workers, anonymous, share, limits)"},
     {"unknown listen key", "listen:\n  rout: [\"127.0.0.1:7400\"]\n" GEO,
      "2: unknown key 'rout' in listen (expected one of: route, admin, "
      "metrics, admin_tcp)"},

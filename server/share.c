@@ -1,0 +1,539 @@
+/*
+ * share: provider records, from the route path to the provider's
+ * collector. See share.h for the design and the allow-list.
+ */
+#include "share.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "rng.h"
+
+#define RING_SIZE 16384u             /* records per worker between flushes */
+#define MAX_PENDING_WRITE (1u << 20) /* bytes unsent before we stop writing */
+#define BATCH_MAX 10000              /* records in one notification */
+#define BACKOFF_MIN_MS 250
+#define BACKOFF_MAX_MS 30000
+
+struct share_record {
+  char dc[DCMAP_ID_MAX + 1];
+  uint32_t at;           /* unix seconds */
+  struct coarse_loc loc; /* cut to the precision when sent */
+  uint8_t session_len;   /* 0: none */
+  char session[GS_SESSION_MAX];
+};
+
+struct share_ring {
+  _Atomic uint64_t head; /* next write; the worker's */
+  _Atomic uint64_t tail; /* next read; the drainer's */
+  _Atomic uint64_t dropped;
+  struct share_record rec[RING_SIZE];
+};
+
+enum conn_state { SHARE_OFF, SHARE_CONNECTING, SHARE_CONNECTED, SHARE_BACKOFF };
+
+struct share {
+  struct daemon *d;
+  const struct config *cfg;
+  struct share_ring **rings;  /* one per worker */
+  struct share_record *queue; /* circular, cfg->share_queue_max */
+  size_t qhead, qlen;
+  uv_timer_t flush_timer, retry_timer;
+  uv_tcp_t *tcp; /* NULL while not connected */
+  uv_connect_t connect_req;
+  enum conn_state state;
+  int attempt;
+  struct rng rng;
+  uint64_t sent, dropped, suppressed, reconnects;
+  bool stopping;
+};
+
+static struct share *share_of(struct daemon *d)
+{
+  return d->share;
+}
+
+int share_init(struct daemon *d)
+{
+  struct share *s;
+
+  if (!d->cfg->has_share)
+    return 0;
+  s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return GS_ERR_NOMEM;
+  s->d = d;
+  s->cfg = d->cfg;
+  s->rings = calloc((size_t)d->nworkers, sizeof(*s->rings));
+  s->queue = malloc((size_t)d->cfg->share_queue_max * sizeof(*s->queue));
+  if (s->rings == NULL || s->queue == NULL)
+    goto nomem;
+  for (int i = 0; i < d->nworkers; i++) {
+    s->rings[i] = calloc(1, sizeof(struct share_ring));
+    if (s->rings[i] == NULL)
+      goto nomem;
+    d->workers[i].share = s->rings[i];
+  }
+  s->rng.state = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)s;
+  d->share = s;
+  return 0;
+nomem:
+  for (int i = 0; s->rings && i < d->nworkers; i++)
+    free(s->rings[i]);
+  free(s->rings);
+  free(s->queue);
+  free(s);
+  return GS_ERR_NOMEM;
+}
+
+void share_offer(struct share_ring *r, const char *dc,
+                 const struct coarse_loc *loc, const char *session,
+                 size_t session_len)
+{
+  uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+  uint64_t t = atomic_load_explicit(&r->tail, memory_order_acquire);
+  struct share_record *rec;
+
+  if (h - t >= RING_SIZE) {
+    STAT_ADD(r->dropped, 1);
+    return;
+  }
+  rec = &r->rec[h % RING_SIZE];
+  memcpy(rec->dc, dc, sizeof(rec->dc));
+  rec->at = (uint32_t)time(NULL); /* vDSO: no system call */
+  rec->loc = *loc;
+  rec->session_len = (uint8_t)session_len;
+  if (session_len)
+    memcpy(rec->session, session, session_len);
+  atomic_store_explicit(&r->head, h + 1, memory_order_release);
+}
+
+/* Appends to the bounded queue, dropping the oldest record when full. */
+static void enqueue(struct share *s, const struct share_record *rec)
+{
+  size_t cap = s->cfg->share_queue_max;
+  if (s->qlen == cap) {
+    s->qhead = (s->qhead + 1) % cap;
+    s->qlen--;
+    s->dropped++;
+  }
+  s->queue[(s->qhead + s->qlen) % cap] = *rec;
+  s->qlen++;
+}
+
+static void drain_rings(struct share *s)
+{
+  for (int i = 0; i < s->d->nworkers; i++) {
+    struct share_ring *r = s->rings[i];
+    uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    uint64_t h = atomic_load_explicit(&r->head, memory_order_acquire);
+    for (; t < h; t++)
+      enqueue(s, &r->rec[t % RING_SIZE]);
+    atomic_store_explicit(&r->tail, t, memory_order_release);
+  }
+}
+
+/* ---- the allow-list --------------------------------------------------- */
+
+static const char *const precision_key[] = {"continent", "country",
+                                            "subdivision", "cell"};
+
+/* Packs the location key and value at the configured precision. */
+static void pack_location(msgpack_packer *pk, uint32_t precision,
+                          const struct coarse_loc *loc)
+{
+  char text[8];
+
+  rpc_pack_str(pk, precision_key[precision]);
+  switch (precision) {
+  case SHARE_CONTINENT:
+  case SHARE_COUNTRY: {
+    const char *code =
+        precision == SHARE_CONTINENT ? loc->continent : loc->country;
+    if (code[0] == '\0') {
+      msgpack_pack_nil(pk);
+      return;
+    }
+    msgpack_pack_str_with_body(pk, code, 2);
+    return;
+  }
+  case SHARE_SUBDIVISION: {
+    size_t n = strnlen(loc->subdivision, sizeof(loc->subdivision));
+    if (loc->country[0] == '\0' || n == 0) {
+      msgpack_pack_nil(pk);
+      return;
+    }
+    snprintf(text, sizeof(text), "%.2s-%.*s", loc->country, (int)n,
+             loc->subdivision);
+    rpc_pack_str(pk, text);
+    return;
+  }
+  default:
+    if (!loc->has_cell) {
+      msgpack_pack_nil(pk);
+      return;
+    }
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_int(pk, loc->cell_lat);
+    msgpack_pack_int(pk, loc->cell_lon);
+  }
+}
+
+static void pack_event(msgpack_packer *pk, uint32_t precision,
+                       const struct share_record *r)
+{
+  msgpack_pack_map(pk, r->session_len ? 4 : 3);
+  rpc_pack_kv_str(pk, "dc", r->dc);
+  rpc_pack_kv_u64(pk, "at", r->at);
+  pack_location(pk, precision, &r->loc);
+  if (r->session_len) {
+    rpc_pack_str(pk, "session");
+    msgpack_pack_str_with_body(pk, r->session, r->session_len);
+  }
+}
+
+/* Two records fall in the same bucket: same dc and same cut location. */
+static bool same_bucket(uint32_t precision, const struct share_record *a,
+                        const struct share_record *b)
+{
+  if (strcmp(a->dc, b->dc) != 0)
+    return false;
+  switch (precision) {
+  case SHARE_CONTINENT:
+    return memcmp(a->loc.continent, b->loc.continent, 2) == 0;
+  case SHARE_COUNTRY:
+    return memcmp(a->loc.country, b->loc.country, 2) == 0;
+  case SHARE_SUBDIVISION:
+    return memcmp(a->loc.country, b->loc.country, 2) == 0 &&
+           memcmp(a->loc.subdivision, b->loc.subdivision, 3) == 0;
+  default:
+    return a->loc.has_cell == b->loc.has_cell &&
+           a->loc.cell_lat == b->loc.cell_lat &&
+           a->loc.cell_lon == b->loc.cell_lon;
+  }
+}
+
+/* ---- transport -------------------------------------------------------- */
+
+static void connect_now(struct share *s);
+static void on_retry(uv_timer_t *t);
+
+static void on_closed(uv_handle_t *h)
+{
+  free(h);
+}
+
+static void disconnect(struct share *s, const char *why)
+{
+  if (s->tcp) {
+    uv_close((uv_handle_t *)s->tcp, on_closed);
+    s->tcp = NULL;
+  }
+  if (s->stopping)
+    return;
+  /* Exponential backoff with jitter: 50..100% of the capped delay. */
+  uint64_t delay = BACKOFF_MIN_MS;
+  for (int i = 0; i < s->attempt && delay < BACKOFF_MAX_MS; i++)
+    delay *= 2;
+  if (delay > BACKOFF_MAX_MS)
+    delay = BACKOFF_MAX_MS;
+  delay = delay / 2 + rng_next(&s->rng) % (delay / 2 + 1);
+  s->attempt++;
+  s->state = SHARE_BACKOFF;
+  log_event(LOG_WARN, "share_disconnected", "why=%s retry_ms=%llu", why,
+            (unsigned long long)delay);
+  uv_timer_start(&s->retry_timer, on_retry, delay, 0);
+}
+
+static void on_retry(uv_timer_t *t)
+{
+  connect_now(t->data);
+}
+
+static void on_alloc(uv_handle_t *h, size_t n, uv_buf_t *buf)
+{
+  static char sink[512]; /* the provider has nothing to tell us */
+  (void)h;
+  (void)n;
+  *buf = uv_buf_init(sink, sizeof(sink));
+}
+
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+  struct share *s = st->data;
+  (void)buf;
+  if (n < 0)
+    disconnect(s, n == UV_EOF ? "closed_by_provider" : uv_err_name((int)n));
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+  struct share *s = req->data;
+
+  if (status < 0 || s->stopping) {
+    if (status != UV_ECANCELED)
+      disconnect(s, uv_err_name(status));
+    return;
+  }
+  if (s->attempt > 0)
+    s->reconnects++;
+  s->attempt = 0;
+  s->state = SHARE_CONNECTED;
+  uv_tcp_nodelay(s->tcp, 1);
+  uv_read_start((uv_stream_t *)s->tcp, on_alloc, on_read);
+  log_event(LOG_INFO, "share_connected", "provider=%s",
+            s->cfg->share_provider.text);
+}
+
+static void connect_now(struct share *s)
+{
+  struct sockaddr_storage ss;
+
+  if (s->stopping)
+    return;
+  s->tcp = malloc(sizeof(*s->tcp));
+  if (s->tcp == NULL) {
+    disconnect(s, "out_of_memory");
+    return;
+  }
+  uv_tcp_init(s->d->loop, s->tcp);
+  s->tcp->data = s;
+  s->connect_req.data = s;
+  s->state = SHARE_CONNECTING;
+  conn_sockaddr(&s->cfg->share_provider, &ss);
+  if (uv_tcp_connect(&s->connect_req, s->tcp, (struct sockaddr *)&ss,
+                     on_connect) != 0)
+    disconnect(s, "connect_failed");
+}
+
+struct write_req {
+  uv_write_t req;
+  struct wbuf buf;
+};
+
+static void on_written(uv_write_t *req, int status)
+{
+  struct write_req *w = (struct write_req *)req;
+  uv_stream_t *handle = req->handle;
+  struct share *s = handle->data;
+  wbuf_free(&w->buf);
+  free(w);
+  if (status < 0 && status != UV_ECANCELED && s && s->tcp &&
+      (uv_stream_t *)s->tcp == handle)
+    disconnect(s, uv_err_name(status));
+}
+
+/* Sends n records packed by fn as one notification; false if not sent. */
+static bool send_notification(struct share *s, struct wbuf *body, size_t count)
+{
+  struct write_req *w;
+  msgpack_packer pk;
+
+  if (s->state != SHARE_CONNECTED || s->tcp == NULL ||
+      uv_stream_get_write_queue_size((uv_stream_t *)s->tcp) > MAX_PENDING_WRITE)
+    return false;
+  w = calloc(1, sizeof(*w));
+  if (w == NULL)
+    return false;
+  msgpack_packer_init(&pk, &w->buf, wbuf_write);
+  msgpack_pack_array(&pk, 3);
+  msgpack_pack_uint8(&pk, GS_RPC_NOTIFICATION);
+  rpc_pack_str(&pk, "share");
+  msgpack_pack_array(&pk, count);
+  wbuf_write(&w->buf, body->data, body->len);
+  if (w->buf.failed) {
+    wbuf_free(&w->buf);
+    free(w);
+    return false;
+  }
+  uv_buf_t b = uv_buf_init(w->buf.data, (unsigned)w->buf.len);
+  if (uv_write(&w->req, (uv_stream_t *)s->tcp, &b, 1, on_written) != 0) {
+    wbuf_free(&w->buf);
+    free(w);
+    disconnect(s, "write_failed");
+    return false;
+  }
+  return true;
+}
+
+static void flush_events(struct share *s)
+{
+  while (s->qlen > 0) {
+    struct wbuf body = {0};
+    msgpack_packer pk;
+    size_t n = s->qlen < BATCH_MAX ? s->qlen : BATCH_MAX;
+
+    msgpack_packer_init(&pk, &body, wbuf_write);
+    for (size_t i = 0; i < n; i++)
+      pack_event(&pk, s->cfg->share_precision,
+                 &s->queue[(s->qhead + i) % s->cfg->share_queue_max]);
+    bool sent = !body.failed && send_notification(s, &body, n);
+    wbuf_free(&body);
+    if (!sent)
+      return; /* keep them; the queue bound decides what is lost */
+    s->qhead = (s->qhead + n) % s->cfg->share_queue_max;
+    s->qlen -= n;
+    s->sent += n;
+  }
+}
+
+static void flush_aggregate(struct share *s)
+{
+  uint32_t precision = s->cfg->share_precision;
+  size_t cap = s->cfg->share_queue_max, nb = 0;
+  struct bucket {
+    size_t first; /* queue index of a record of this bucket */
+    uint64_t count;
+  } *b = calloc(s->qlen ? s->qlen : 1, sizeof(*b));
+  struct wbuf body = {0};
+  msgpack_packer pk;
+  size_t nsend = 0;
+
+  if (b == NULL)
+    return;
+  /* Buckets by linear search: fine for the handful of (dc, place) pairs
+   * an interval holds; the queue bound caps the worst case. */
+  for (size_t i = 0; i < s->qlen; i++) {
+    const struct share_record *r = &s->queue[(s->qhead + i) % cap];
+    size_t k;
+    for (k = 0; k < nb; k++)
+      if (same_bucket(precision, r, &s->queue[b[k].first]))
+        break;
+    if (k == nb)
+      b[nb++].first = (s->qhead + i) % cap;
+    b[k].count++;
+  }
+  msgpack_packer_init(&pk, &body, wbuf_write);
+  for (size_t k = 0; k < nb; k++) {
+    if (b[k].count < s->cfg->share_min_count) {
+      s->suppressed += b[k].count; /* never sent, not even later */
+      continue;
+    }
+    const struct share_record *r = &s->queue[b[k].first];
+    msgpack_pack_map(&pk, 3);
+    rpc_pack_kv_str(&pk, "dc", r->dc);
+    pack_location(&pk, precision, &r->loc);
+    rpc_pack_kv_u64(&pk, "count", b[k].count);
+    nsend++;
+  }
+  if (nsend > 0) {
+    uint64_t records = 0;
+    for (size_t k = 0; k < nb; k++)
+      if (b[k].count >= s->cfg->share_min_count)
+        records += b[k].count;
+    if (!body.failed && send_notification(s, &body, nsend))
+      s->sent += nsend;
+    else
+      s->dropped += records; /* an interval's counts cannot wait */
+  }
+  s->qhead = 0;
+  s->qlen = 0;
+  wbuf_free(&body);
+  free(b);
+}
+
+static void on_flush(uv_timer_t *t)
+{
+  struct share *s = t->data;
+  drain_rings(s);
+  if (s->cfg->share_aggregate)
+    flush_aggregate(s);
+  else
+    flush_events(s);
+}
+
+void share_start(struct daemon *d)
+{
+  struct share *s = share_of(d);
+  if (s == NULL)
+    return;
+  uv_timer_init(d->loop, &s->flush_timer);
+  uv_timer_init(d->loop, &s->retry_timer);
+  s->flush_timer.data = s->retry_timer.data = s;
+  uv_timer_start(&s->flush_timer, on_flush, s->cfg->share_interval_ms,
+                 s->cfg->share_interval_ms);
+  connect_now(s);
+}
+
+void share_stop(struct daemon *d)
+{
+  struct share *s = share_of(d);
+  if (s == NULL)
+    return;
+  s->stopping = true;
+  uv_close((uv_handle_t *)&s->flush_timer, NULL);
+  uv_close((uv_handle_t *)&s->retry_timer, NULL);
+  if (s->tcp) {
+    uv_close((uv_handle_t *)s->tcp, on_closed);
+    s->tcp = NULL;
+  }
+}
+
+void share_free(struct daemon *d)
+{
+  struct share *s = share_of(d);
+  if (s == NULL)
+    return;
+  for (int i = 0; i < d->nworkers; i++)
+    free(s->rings[i]);
+  free(s->rings);
+  free(s->queue);
+  free(s);
+  d->share = NULL;
+}
+
+static uint64_t ring_drops(struct share *s)
+{
+  uint64_t n = 0;
+  for (int i = 0; i < s->d->nworkers; i++)
+    n += atomic_load_explicit(&s->rings[i]->dropped, memory_order_relaxed);
+  return n;
+}
+
+static const char *state_name(const struct share *s)
+{
+  static const char *const names[] = {"off", "connecting", "connected",
+                                      "backoff"};
+  return s ? names[s->state] : "off";
+}
+
+void share_pack_stats(struct daemon *d, msgpack_packer *pk)
+{
+  struct share *s = share_of(d);
+
+  msgpack_pack_map(pk, 6);
+  rpc_pack_kv_str(pk, "provider", state_name(s));
+  rpc_pack_kv_u64(pk, "sent", s ? s->sent : 0);
+  rpc_pack_kv_u64(pk, "dropped", s ? s->dropped + ring_drops(s) : 0);
+  rpc_pack_kv_u64(pk, "suppressed", s ? s->suppressed : 0);
+  rpc_pack_kv_u64(pk, "reconnects", s ? s->reconnects : 0);
+  rpc_pack_kv_u64(pk, "queued", s ? s->qlen : 0);
+}
+
+size_t share_prometheus(struct daemon *d, char *buf, size_t size)
+{
+  struct share *s = share_of(d);
+  int n = snprintf(
+      buf, size,
+      "# HELP geosteer_share_records_total Provider share records by "
+      "outcome.\n# TYPE geosteer_share_records_total counter\n"
+      "geosteer_share_records_total{outcome=\"sent\"} %llu\n"
+      "geosteer_share_records_total{outcome=\"dropped\"} %llu\n"
+      "geosteer_share_records_total{outcome=\"suppressed\"} %llu\n"
+      "# HELP geosteer_share_connected 1 when connected to the provider.\n"
+      "# TYPE geosteer_share_connected gauge\ngeosteer_share_connected %d\n"
+      "# HELP geosteer_share_reconnects_total Reconnections to the provider.\n"
+      "# TYPE geosteer_share_reconnects_total counter\n"
+      "geosteer_share_reconnects_total %llu\n",
+      (unsigned long long)(s ? s->sent : 0),
+      (unsigned long long)(s ? s->dropped + ring_drops(s) : 0),
+      (unsigned long long)(s ? s->suppressed : 0),
+      s && s->state == SHARE_CONNECTED ? 1 : 0,
+      (unsigned long long)(s ? s->reconnects : 0));
+  return n < 0 ? 0 : (size_t)n < size ? (size_t)n : size - 1;
+}
