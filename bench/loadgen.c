@@ -175,17 +175,21 @@ enum { MP_FIXED, MP_BYTES, MP_ITEMS, MP_PAIRS };
 static const struct {
   uint8_t hdr, fixed, kind;
 } mp_types[] = {
-    {1, 0, MP_BYTES},  {2, 0, MP_BYTES}, {4, 0, MP_BYTES}, /* bin */
-    {1, 1, MP_BYTES},  {2, 1, MP_BYTES}, {4, 1, MP_BYTES}, /* ext */
-    {0, 4, MP_FIXED},  {0, 8, MP_FIXED},                   /* float */
-    {0, 1, MP_FIXED},  {0, 2, MP_FIXED}, {0, 4, MP_FIXED}, /* uint */
-    {0, 8, MP_FIXED},  {0, 1, MP_FIXED}, {0, 2, MP_FIXED}, /* ..int */
-    {0, 4, MP_FIXED},  {0, 8, MP_FIXED}, {0, 2, MP_FIXED}, /* ..fixext */
-    {0, 3, MP_FIXED},  {0, 5, MP_FIXED}, {0, 9, MP_FIXED}, /* */
-    {0, 17, MP_FIXED}, {1, 0, MP_BYTES}, {2, 0, MP_BYTES}, /* ..str */
-    {4, 0, MP_BYTES},  {2, 0, MP_ITEMS}, {4, 0, MP_ITEMS}, /* ..array */
-    {2, 0, MP_PAIRS},  {4, 0, MP_PAIRS},                   /* map */
+    {1, 0, MP_BYTES}, {2, 0, MP_BYTES},  {4, 0, MP_BYTES}, /* c4: bin */
+    {1, 1, MP_BYTES}, {2, 1, MP_BYTES},  {4, 1, MP_BYTES}, /* c7: ext */
+    {0, 4, MP_FIXED}, {0, 8, MP_FIXED},                    /* ca: float */
+    {0, 1, MP_FIXED}, {0, 2, MP_FIXED},  {0, 4, MP_FIXED}, /* cc: uint */
+    {0, 8, MP_FIXED},                                      /* cf */
+    {0, 1, MP_FIXED}, {0, 2, MP_FIXED},  {0, 4, MP_FIXED}, /* d0: int */
+    {0, 8, MP_FIXED},                                      /* d3 */
+    {0, 2, MP_FIXED}, {0, 3, MP_FIXED},  {0, 5, MP_FIXED}, /* d4: fixext */
+    {0, 9, MP_FIXED}, {0, 17, MP_FIXED},                   /* d7 */
+    {1, 0, MP_BYTES}, {2, 0, MP_BYTES},  {4, 0, MP_BYTES}, /* d9: str */
+    {2, 0, MP_ITEMS}, {4, 0, MP_ITEMS},                    /* dc: array */
+    {2, 0, MP_PAIRS}, {4, 0, MP_PAIRS},                    /* de: map */
 };
+_Static_assert(sizeof(mp_types) / sizeof(mp_types[0]) == 0xdf - 0xc4 + 1,
+               "one entry per type byte 0xc4..0xdf");
 
 /*
  * Length of the complete MessagePack object at p[0..len): 0 while it is
@@ -341,11 +345,15 @@ static long msgpack_reply(const struct conn *c, const unsigned char *p,
     snprintf(why, why_size, "reply element 0 is not 1 (a response)");
     return -1;
   }
-  if (!mp_read_uint(p, &pos, &msgid) || msgid != c->oldest_msgid) {
+  if (!mp_read_uint(p, &pos, &msgid)) {
+    snprintf(why, why_size, "reply msgid is not an unsigned integer");
+    return -1;
+  }
+  if (msgid != c->oldest_msgid) {
     snprintf(why, why_size,
-             "reply msgid is not %" PRIu32 ", the oldest"
-             " outstanding request's",
-             c->oldest_msgid);
+             "reply msgid %" PRIu64 ", expected %" PRIu32
+             " (replies must come in request order)",
+             msgid, c->oldest_msgid);
     return -1;
   }
   *failed = p[pos] != 0xc0;
@@ -737,9 +745,18 @@ static bool parse_options(int argc, char **argv)
 {
   for (int i = 1; i < argc; i++) {
     const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+    static const char *const known[] = {
+        "--host", "--port", "--mode",   "-c",    "-p",
+        "-n",     "--seed", "--warmup", "--key", "--timeout"};
+    bool is_known = false;
     uint64_t v;
-    if (!strcmp(opt, "-h") || !strcmp(opt, "--help"))
+    for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+      is_known = is_known || !strcmp(opt, known[k]);
+    if (!is_known) {
+      if (strcmp(opt, "-h") && strcmp(opt, "--help"))
+        fprintf(stderr, "loadgen: unknown option %s\n", opt);
       return false;
+    }
     if (val == NULL) {
       fprintf(stderr, "loadgen: %s needs a value\n", opt);
       return false;
@@ -769,7 +786,7 @@ static bool parse_options(int argc, char **argv)
     } else if (!strcmp(opt, "--timeout") && parse_u64(val, 1, 86400, &v)) {
       timeout_s = (double)v;
     } else {
-      fprintf(stderr, "loadgen: bad option or value: %s %s\n", opt, val);
+      fprintf(stderr, "loadgen: bad value for %s: %s\n", opt, val);
       return false;
     }
   }

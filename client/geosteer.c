@@ -404,7 +404,7 @@ static void print_human(const msgpack_object *o, int indent, bool in_list)
       printf("%.*s\n", (int)o->via.str.size, o->via.str.ptr);
     else if (o->type == MSGPACK_OBJECT_FLOAT32 ||
              o->type == MSGPACK_OBJECT_FLOAT64)
-      printf("%.4g\n", o->via.f64);
+      printf("%.6g\n", o->via.f64);
     else {
       print_json(o);
       putchar('\n');

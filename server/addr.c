@@ -30,12 +30,51 @@ static void to_bytes16(addr128 a, unsigned char *b)
   }
 }
 
+/*
+ * Strict dotted-quad IPv4 (what inet_pton accepts: four decimal octets,
+ * no leading zeros). Anything else is left to inet_pton, so this fast path
+ * never accepts what inet_pton would refuse.
+ */
+static bool parse_v4_fast(const char *s, uint32_t *out)
+{
+  uint32_t v = 0;
+
+  for (int part = 0; part < 4; part++) {
+    uint32_t octet = 0;
+    int digits = 0;
+    while (*s >= '0' && *s <= '9') {
+      if (digits == 1 && octet == 0)
+        return false; /* leading zero */
+      octet = octet * 10 + (uint32_t)(*s - '0');
+      if (++digits > 3 || octet > 255)
+        return false;
+      s++;
+    }
+    if (digits == 0)
+      return false;
+    v = v << 8 | octet;
+    if (part < 3 && *s++ != '.')
+      return false;
+  }
+  if (*s != '\0')
+    return false;
+  *out = v;
+  return true;
+}
+
 int addr_parse(const char *text, addr128 *out, bool *is_v4)
 {
   unsigned char buf[16];
+  uint32_t v4;
 
   if (text == NULL)
     return GS_ERR_ADDR;
+  if (parse_v4_fast(text, &v4)) {
+    *out = v4;
+    if (is_v4)
+      *is_v4 = true;
+    return 0;
+  }
   if (inet_pton(AF_INET, text, buf) == 1) {
     *out = ((addr128)buf[0] << 24) | ((addr128)buf[1] << 16) |
            ((addr128)buf[2] << 8) | buf[3];

@@ -28,6 +28,7 @@
 #include "scan.h"
 
 static void start_reading(struct conn *c);
+static void reject_drain(struct conn *c);
 static void flush(struct conn *c);
 static void process_input(struct conn *c);
 
@@ -171,7 +172,10 @@ static void flush(struct conn *c)
     }
   }
   if (!c->writing && c->close_after_flush) {
-    conn_close(c);
+    if (c->rejecting)
+      reject_drain(c);
+    else
+      conn_close(c);
     return;
   }
   /* Backpressure: stop reading while the peer does not take replies. */
@@ -185,6 +189,50 @@ static void flush(struct conn *c)
     /* Input that arrived before the pause may hold whole messages. */
     process_input(c);
   }
+}
+
+/*
+ * A rejected connection has its error written; closing now, with the
+ * client's request unread, would reset the connection and lose the error.
+ * So: half-close, discard what the client sends until it closes, or give
+ * up after REJECT_LINGER_MS.
+ */
+#define REJECT_LINGER_MS 1000
+
+static void on_reject_alloc(uv_handle_t *h, size_t n, uv_buf_t *buf)
+{
+  struct conn *c = h->data;
+  (void)n;
+  *buf = uv_buf_init(c->in, (unsigned)c->srv->max_message);
+}
+
+static void on_reject_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+  (void)buf;
+  if (nread < 0)
+    conn_close(s->data);
+}
+
+static void on_reject_shutdown(uv_shutdown_t *req, int status)
+{
+  (void)req;
+  (void)status;
+}
+
+static void on_reject_linger(uv_timer_t *t)
+{
+  conn_close(t->data);
+}
+
+static void reject_drain(struct conn *c)
+{
+  if (c->reading || c->closing)
+    return;
+  c->reading = true;
+  c->close_after_flush = false;
+  uv_shutdown(&c->sreq, &c->h.stream, on_reject_shutdown);
+  uv_read_start(&c->h.stream, on_reject_alloc, on_reject_read);
+  uv_timer_start(&c->idle, on_reject_linger, REJECT_LINGER_MS, 0);
 }
 
 void conn_packer(struct conn *c, msgpack_packer *pk)
@@ -401,6 +449,7 @@ static void on_connection(uv_stream_t *server, int status)
     rpc_pack_error_notification(&pk, GS_CODE_UNAVAILABLE,
                                 "too many connections; try again later");
     c->close_after_flush = true;
+    c->rejecting = true;
     flush(c);
     return;
   }
@@ -513,13 +562,14 @@ int conn_listen_unix(struct conn_server *srv, const char *path)
   if (p == NULL)
     return UV_ENOMEM;
   uv_pipe_init(srv->loop, p, 0);
+  /* Mode 0660 before anyone can connect: the socket's mode is its ACL. */
   if ((rc = uv_pipe_bind(p, path)) != 0 ||
+      (rc = chmod(path, 0660) != 0 ? -errno : 0) != 0 ||
       (rc = uv_listen((uv_stream_t *)p, 128, on_connection)) != 0 ||
       (rc = add_listener(srv, (uv_stream_t *)p)) != 0) {
     uv_close((uv_handle_t *)p, (uv_close_cb)free);
     return rc;
   }
-  chmod(path, 0660);
   return 0;
 }
 

@@ -70,12 +70,14 @@ struct conn {
   } h;
   uv_timer_t idle;
   uv_write_t wreq;
+  uv_shutdown_t sreq; /* rejected connections: half-close, then drain */
   struct conn_server *srv;
   struct conn *prev, *next;
   addr128 peer;    /* engine space, normalised; 0 for unix sockets */
   bool peer_known; /* false for unix sockets */
   bool reading, writing, closing, deferred, close_after_flush;
-  bool authed; /* admin over TCP: auth succeeded */
+  bool authed;    /* admin over TCP: auth succeeded */
+  bool rejecting; /* over max_connections: say why, then close */
   int auth_failures;
   int open_handles; /* freed when this reaches 0 */
   int refs;         /* holders besides the loop (deferred replies) */

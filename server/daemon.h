@@ -74,6 +74,14 @@ struct snapshot {
   double build_seconds;
   _Atomic uint64_t drained[DRAIN_WORDS]; /* bit i: map->dcs[i] drained */
   _Atomic uint64_t *dc_answers;          /* [worker * ndcs + dc] */
+  /*
+   * Pre-encoded reply pieces, so a route reply is a few memcpy calls:
+   * per DC the map entries "dc": id, "endpoint": endpoint; per reason the
+   * entry "reason": name.
+   */
+  struct wbuf frags;
+  uint32_t dc_frag[DCMAP_MAX_DCS][2];        /* offset, length */
+  uint32_t reason_frag[GS_REASON_COUNT_][2]; /* offset, length */
 };
 
 struct worker {

@@ -34,6 +34,7 @@
 
 static struct daemon daemon_state;
 static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_timer_t admin_deadline;
 
 static void usage(FILE *out)
 {
@@ -201,10 +202,24 @@ static int read_token(const char *path, char *buf, size_t size, size_t *len,
 
 /* ---- control loop ------------------------------------------------------- */
 
+static void on_admin_deadline(uv_timer_t *t)
+{
+  struct daemon *d = t->data;
+  conn_server_close_all(&d->admin);
+  if (d->has_admin_tcp)
+    conn_server_close_all(&d->admin_tcp);
+  uv_close((uv_handle_t *)t, NULL);
+}
+
 static void shutdown_daemon(struct daemon *d)
 {
   if (atomic_exchange(&d->stopping, true))
     return;
+  /* Admin clients get the same grace as route clients, no more. */
+  uv_timer_init(d->loop, &admin_deadline);
+  admin_deadline.data = d;
+  uv_timer_start(&admin_deadline, on_admin_deadline, SHUTDOWN_GRACE_MS, 0);
+  uv_unref((uv_handle_t *)&admin_deadline);
   log_event(LOG_INFO, "stopping", "grace_ms=%d", SHUTDOWN_GRACE_MS);
   conn_server_stop(&d->admin);
   if (d->has_admin_tcp)
@@ -366,6 +381,9 @@ static int run(const char *path)
   log_event(LOG_INFO, "started", "version=%s pid=%d", GS_VERSION,
             (int)getpid());
 
+  uv_run(loop, UV_RUN_DEFAULT);
+  /* Only unreferenced handles (the admin deadline) can remain. */
+  uv_walk(loop, close_handle, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
 
   for (int i = 0; i < d->nworkers; i++) {

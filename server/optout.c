@@ -40,8 +40,8 @@ static int hexval(int c)
   return -1;
 }
 
-int optout_load_key(const char *path, uint8_t key[OPTOUT_KEY_BYTES],
-                    struct diag *d)
+int optout_load_key(const char *path, bool may_create,
+                    uint8_t key[OPTOUT_KEY_BYTES], struct diag *d)
 {
   char text[2 * OPTOUT_KEY_BYTES + 2];
   int fd;
@@ -52,6 +52,13 @@ int optout_load_key(const char *path, uint8_t key[OPTOUT_KEY_BYTES],
     return GS_ERR_IO;
   }
   fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT && !may_create) {
+    diag_add(d, path, 0,
+             "the opt-out key is missing but the store exists: restore the "
+             "key from the backup taken with the database (a new key would "
+             "match none of the stored opt-outs)");
+    return GS_ERR_INVALID;
+  }
   if (fd < 0 && errno == ENOENT) {
     /* First start: make the key. O_EXCL: never overwrite a key. */
     randombytes_buf(key, OPTOUT_KEY_BYTES);

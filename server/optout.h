@@ -33,11 +33,14 @@ struct optout_uid {
 };
 
 /*
- * Loads the hash key from path, creating it (mode 0600, random) when the
- * file does not exist. Returns 0 or a negative code with a message.
+ * Loads the hash key from path. When the file does not exist and may_create
+ * is true, creates it (mode 0600, random); when may_create is false (the
+ * store already exists, so its hashes were made with a key that is now
+ * missing) that is an error: a new key would silently match nobody.
+ * Returns 0 or a negative code with a message.
  */
-int optout_load_key(const char *path, uint8_t key[OPTOUT_KEY_BYTES],
-                    struct diag *d);
+int optout_load_key(const char *path, bool may_create,
+                    uint8_t key[OPTOUT_KEY_BYTES], struct diag *d);
 
 /* The keyed hash of a user id. Allocation-free; safe from any thread. */
 void optout_hash(const uint8_t key[OPTOUT_KEY_BYTES], const char *user,

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "daemon.h"
 #include "log.h"
@@ -92,8 +93,11 @@ static bool recover(struct daemon *d)
   struct timespec t0, t1;
 
   clock_gettime(CLOCK_MONOTONIC, &t0);
+  /* A key may only be created together with a new store. */
+  bool new_store = access(d->cfg->store_path, F_OK) != 0;
   if (d->store == NULL &&
-      (optout_load_key(d->cfg->store_key_file, d->optout_key, &diag) != 0 ||
+      (optout_load_key(d->cfg->store_key_file, new_store, d->optout_key,
+                       &diag) != 0 ||
        store_open(d->cfg->store_path, &d->store, &diag) != 0)) {
     diag_join(&diag, d->store_problem, sizeof(d->store_problem));
     diag_free(&diag);
@@ -387,11 +391,16 @@ static void erase(struct daemon *d, const struct rpc_request *req,
   }
   if (!store_ready(d, req->msgid, pk))
     return;
-  if (store_optout_erase(d->store, a.uid_bytes, &erased) != 0 ||
-      store_optout_get(d->store, a.uid_bytes, &opted, &since) != 0) {
+  if (store_optout_erase(d->store, a.uid_bytes, &erased) != 0) {
     unhealthy(d, "a write to the opt-out store failed");
     rpc_pack_error(pk, req->msgid, GS_CODE_STORE_UNAVAILABLE,
                    "nothing was erased: the opt-out store failed");
+    return;
+  }
+  if (store_optout_get(d->store, a.uid_bytes, &opted, &since) != 0) {
+    rpc_pack_error(pk, req->msgid, GS_CODE_STORE_UNAVAILABLE,
+                   "the history was erased, but the opt-out state could not "
+                   "be read back; ask again with optout.get");
     return;
   }
   char q[200];
@@ -504,20 +513,21 @@ bool privacy_dispatch(struct daemon *d, const struct rpc_request *req,
   } else if (rpc_str_is(req->method, "optout.set_many")) {
     set_many(d, req, pk);
   } else if (rpc_str_is(req->method, "optout.count")) {
+    char why[128];
     int64_t count = 0;
-    if (rpc_check_keys(req->args, (const char *const[]){NULL}, NULL, 0) &&
-        store_ready(d, req->msgid, pk)) {
-      if (store_optout_count(d->store, &count) != 0) {
-        rpc_pack_error(pk, req->msgid, GS_CODE_STORE_UNAVAILABLE,
-                       "cannot read the opt-out store");
-      } else {
-        rpc_pack_result_head(pk, req->msgid);
-        msgpack_pack_map(pk, 1);
-        rpc_pack_kv_i64(pk, "count", count);
-      }
-    } else if (atomic_load(&d->store_healthy)) {
-      rpc_pack_error(pk, req->msgid, GS_CODE_BAD_REQUEST,
-                     "optout.count takes no arguments");
+    if (!rpc_check_keys(req->args, (const char *const[]){NULL}, why,
+                        sizeof(why)))
+      rpc_pack_error(pk, req->msgid, GS_CODE_BAD_REQUEST, "optout.count: %s",
+                     why);
+    else if (!store_ready(d, req->msgid, pk))
+      ; /* store_ready packed the error */
+    else if (store_optout_count(d->store, &count) != 0)
+      rpc_pack_error(pk, req->msgid, GS_CODE_STORE_UNAVAILABLE,
+                     "cannot read the opt-out store");
+    else {
+      rpc_pack_result_head(pk, req->msgid);
+      msgpack_pack_map(pk, 1);
+      rpc_pack_kv_i64(pk, "count", count);
     }
   } else {
     return false;

@@ -24,11 +24,35 @@ static void snapshot_free(struct snapshot *s)
 {
   if (s == NULL)
     return;
+  wbuf_free(&s->frags);
   table_free(s->table);
   dcmap_free(s->map);
   geo_close(s->geo);
   free(s->dc_answers);
   free(s);
+}
+
+/* Packs the reply pieces route.c copies (see struct snapshot). */
+static int encode_fragments(struct snapshot *s)
+{
+  msgpack_packer pk;
+  size_t at;
+
+  msgpack_packer_init(&pk, &s->frags, wbuf_write);
+  for (size_t i = 0; i < s->map->ndcs; i++) {
+    at = s->frags.len;
+    rpc_pack_kv_str(&pk, "dc", s->map->dcs[i].id);
+    rpc_pack_kv_str(&pk, "endpoint", s->map->dcs[i].endpoint);
+    s->dc_frag[i][0] = (uint32_t)at;
+    s->dc_frag[i][1] = (uint32_t)(s->frags.len - at);
+  }
+  for (int r = 0; r < GS_REASON_COUNT_; r++) {
+    at = s->frags.len;
+    rpc_pack_kv_str(&pk, "reason", gs_reason_name(r));
+    s->reason_frag[r][0] = (uint32_t)at;
+    s->reason_frag[r][1] = (uint32_t)(s->frags.len - at);
+  }
+  return s->frags.failed ? GS_ERR_NOMEM : 0;
 }
 
 /* Builds a snapshot from the configured files; thread-safe. */
@@ -45,6 +69,10 @@ static int build(const struct config *cfg, struct snapshot **out,
   if ((rc = dcmap_load(cfg->geo_map, &s->map, d)) != 0 ||
       (rc = geo_open(cfg->geo_database, &s->geo, d)) != 0 ||
       (rc = table_build(s->map, s->geo, &s->table, d)) != 0) {
+    snapshot_free(s);
+    return rc;
+  }
+  if ((rc = encode_fragments(s)) != 0) {
     snapshot_free(s);
     return rc;
   }

@@ -42,17 +42,52 @@ struct route_args {
 };
 
 /* Returns 0 or a protocol error code with why filled. */
+/* The route arguments, found in one pass over the map. */
+struct route_values {
+  const msgpack_object *user, *ip, *hint, *no_geo, *session;
+};
+
+static const msgpack_object **slot_for(struct route_values *rv,
+                                       msgpack_object_str k)
+{
+  switch (k.size) {
+  case 2:
+    return memcmp(k.ptr, "ip", 2) == 0 ? &rv->ip : NULL;
+  case 4:
+    if (memcmp(k.ptr, "user", 4) == 0)
+      return &rv->user;
+    return memcmp(k.ptr, "hint", 4) == 0 ? &rv->hint : NULL;
+  case 6:
+    return memcmp(k.ptr, "no_geo", 6) == 0 ? &rv->no_geo : NULL;
+  case 7:
+    return memcmp(k.ptr, "session", 7) == 0 ? &rv->session : NULL;
+  default:
+    return NULL;
+  }
+}
+
+/* Returns 0 or a protocol error code with why filled. */
 static int parse_args(struct conn *c, const struct snapshot *s,
                       const msgpack_object *args, struct route_args *ra,
                       char *why, size_t why_size)
 {
+  struct route_values rv = {0};
   const msgpack_object *v;
 
   memset(ra, 0, sizeof(*ra));
   ra->hint = -1;
-  if (!rpc_check_keys(args, route_args, why, why_size))
-    return GS_CODE_BAD_REQUEST;
-  if ((v = rpc_arg(args, "user")) != NULL) {
+  for (uint32_t i = 0; args && i < args->via.map.size; i++) {
+    const msgpack_object *k = &args->via.map.ptr[i].key;
+    const msgpack_object **slot =
+        k->type == MSGPACK_OBJECT_STR ? slot_for(&rv, k->via.str) : NULL;
+    if (slot == NULL || *slot != NULL) {
+      /* Unknown or repeated: let the general checker word the error. */
+      rpc_check_keys(args, route_args, why, why_size);
+      return GS_CODE_BAD_REQUEST;
+    }
+    *slot = &args->via.map.ptr[i].val;
+  }
+  if ((v = rv.user) != NULL) {
     if (!rpc_valid_text(v, GS_USER_MAX)) {
       snprintf(why, why_size,
                "user must be 1..%d bytes of UTF-8 without NUL bytes",
@@ -62,24 +97,23 @@ static int parse_args(struct conn *c, const struct snapshot *s,
     ra->user = v->via.str.ptr;
     ra->user_len = v->via.str.size;
   }
-  if ((v = rpc_arg(args, "session")) != NULL &&
-      (v->type != MSGPACK_OBJECT_STR || !valid_session(v->via.str))) {
-    snprintf(why, why_size, "session must be 1..%d bytes of [A-Za-z0-9._-]",
-             GS_SESSION_MAX);
-    return GS_CODE_BAD_REQUEST;
-  }
-  if (v) {
+  if ((v = rv.session) != NULL) {
+    if (v->type != MSGPACK_OBJECT_STR || !valid_session(v->via.str)) {
+      snprintf(why, why_size, "session must be 1..%d bytes of [A-Za-z0-9._-]",
+               GS_SESSION_MAX);
+      return GS_CODE_BAD_REQUEST;
+    }
     ra->session = v->via.str.ptr;
     ra->session_len = v->via.str.size;
   }
-  if ((v = rpc_arg(args, "no_geo")) != NULL) {
+  if ((v = rv.no_geo) != NULL) {
     if (v->type != MSGPACK_OBJECT_BOOLEAN) {
       snprintf(why, why_size, "no_geo must be true or false");
       return GS_CODE_BAD_REQUEST;
     }
     ra->no_geo = v->via.boolean;
   }
-  if ((v = rpc_arg(args, "hint")) != NULL) {
+  if ((v = rv.hint) != NULL) {
     char id[DCMAP_ID_MAX + 1];
     if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
         v->via.str.size > DCMAP_ID_MAX) {
@@ -89,7 +123,7 @@ static int parse_args(struct conn *c, const struct snapshot *s,
     /* An unknown hint is not an error: maps change under clients. */
     ra->hint = dcmap_find_dc(s->map, rpc_str_copy(v->via.str, id, sizeof(id)));
   }
-  if ((v = rpc_arg(args, "ip")) != NULL) {
+  if ((v = rv.ip) != NULL) {
     char text[ADDR_TEXT_MAX + 1];
     if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > ADDR_TEXT_MAX ||
         addr_parse(rpc_str_copy(v->via.str, text, sizeof(text)), &ra->ip,
@@ -163,11 +197,71 @@ static int fallback(const struct snapshot *s, const struct answer *a,
   return count;
 }
 
-static void pack_dc(msgpack_packer *pk, const struct dc *dc, int extra)
+static char *put(char *p, const void *src, size_t n)
 {
-  msgpack_pack_map(pk, 2 + extra);
-  rpc_pack_kv_str(pk, "dc", dc->id);
-  rpc_pack_kv_str(pk, "endpoint", dc->endpoint);
+  memcpy(p, src, n);
+  return p + n;
+}
+
+/*
+ * Appends [1, msgid, nil, {dc, endpoint, alternates, reason, scope?}] from
+ * the snapshot's pre-encoded pieces: the same bytes msgpack-c would pack,
+ * in a handful of copies. n <= DCMAP_MAX_LIMIT, so the alternates fit a
+ * fixarray.
+ */
+static void pack_reply(struct wbuf *o, const struct snapshot *s, uint32_t msgid,
+                       const uint8_t *dcs, int n, int reason, int scope)
+{
+  static const char alternates[] = "\xaa"
+                                   "alternates";
+  static const char scope_key[] = "\xa5"
+                                  "scope";
+  const char *f = s->frags.data;
+  size_t need = 16 + sizeof(alternates) + sizeof(scope_key) + 2 +
+                s->reason_frag[reason][1];
+  char *p;
+
+  for (int i = 0; i < n; i++)
+    need += 1 + s->dc_frag[dcs[i]][1];
+  if (!wbuf_reserve(o, need))
+    return; /* conn.c closes the connection on a failed buffer */
+  p = o->data + o->len;
+  *p++ = (char)0x94; /* [1, msgid, nil, result] */
+  *p++ = 0x01;
+  /* The msgid in its shortest form, as msgpack-c packs it. */
+  if (msgid < 0x80) {
+    *p++ = (char)msgid;
+  } else if (msgid <= 0xff) {
+    *p++ = (char)0xcc;
+    *p++ = (char)msgid;
+  } else if (msgid <= 0xffff) {
+    *p++ = (char)0xcd;
+    *p++ = (char)(msgid >> 8);
+    *p++ = (char)msgid;
+  } else {
+    *p++ = (char)0xce;
+    *p++ = (char)(msgid >> 24);
+    *p++ = (char)(msgid >> 16);
+    *p++ = (char)(msgid >> 8);
+    *p++ = (char)msgid;
+  }
+  *p++ = (char)0xc0;
+  *p++ = (char)(0x80 | (scope >= 0 ? 5 : 4));
+  p = put(p, f + s->dc_frag[dcs[0]][0], s->dc_frag[dcs[0]][1]);
+  p = put(p, alternates, sizeof(alternates) - 1);
+  *p++ = (char)(0x90 | (n - 1));
+  for (int i = 1; i < n; i++) {
+    *p++ = (char)0x82;
+    p = put(p, f + s->dc_frag[dcs[i]][0], s->dc_frag[dcs[i]][1]);
+  }
+  p = put(p, f + s->reason_frag[reason][0], s->reason_frag[reason][1]);
+  if (scope >= 0) {
+    p = put(p, scope_key, sizeof(scope_key) - 1);
+    if (scope > 127)
+      *p++ = (char)0xcc; /* uint8 */
+    *p++ = (char)scope;
+  }
+  o->len = (size_t)(p - o->data);
 }
 
 static void route(struct worker *w, struct conn *c,
@@ -239,17 +333,8 @@ static void route(struct worker *w, struct conn *c,
                 ra.session_len);
   STAT_ADD(s->dc_answers[(size_t)w->index * m->ndcs + dcs[0]], 1);
 
-  rpc_pack_result_head(pk, req->msgid);
-  msgpack_pack_map(pk, scope >= 0 ? 5 : 4);
-  rpc_pack_kv_str(pk, "dc", m->dcs[dcs[0]].id);
-  rpc_pack_kv_str(pk, "endpoint", m->dcs[dcs[0]].endpoint);
-  rpc_pack_str(pk, "alternates");
-  msgpack_pack_array(pk, (size_t)(n - 1));
-  for (int i = 1; i < n; i++)
-    pack_dc(pk, &m->dcs[dcs[i]], 0);
-  rpc_pack_kv_str(pk, "reason", gs_reason_name(reason));
-  if (scope >= 0)
-    rpc_pack_kv_u64(pk, "scope", (uint64_t)scope);
+  (void)pk;
+  pack_reply(&c->out, s, req->msgid, dcs, n, reason, scope);
 }
 
 static void record_latency(struct worker *w, uint64_t ns)

@@ -17,12 +17,10 @@ void wbuf_free(struct wbuf *w)
   memset(w, 0, sizeof(*w));
 }
 
-int wbuf_write(void *data, const char *buf, size_t len)
+bool wbuf_reserve(struct wbuf *w, size_t len)
 {
-  struct wbuf *w = data;
-
   if (w->failed)
-    return -1;
+    return false;
   if (w->len + len > w->cap) {
     size_t cap = w->cap ? w->cap : 4096;
     while (cap < w->len + len)
@@ -30,11 +28,20 @@ int wbuf_write(void *data, const char *buf, size_t len)
     char *d = realloc(w->data, cap);
     if (d == NULL) {
       w->failed = true;
-      return -1;
+      return false;
     }
     w->data = d;
     w->cap = cap;
   }
+  return true;
+}
+
+int wbuf_write(void *data, const char *buf, size_t len)
+{
+  struct wbuf *w = data;
+
+  if (!wbuf_reserve(w, len))
+    return -1;
   memcpy(w->data + w->len, buf, len);
   w->len += len;
   return 0;
@@ -158,6 +165,12 @@ bool rpc_check_keys(const msgpack_object *args, const char *const *allowed,
                  rpc_str_copy(k->via.str, name, sizeof(name)));
         return false;
       }
+    }
+    if (!ok && allowed[0] == NULL) {
+      char name[40];
+      snprintf(why, why_size, "takes no arguments, got '%s'",
+               rpc_str_copy(k->via.str, name, sizeof(name)));
+      return false;
     }
     if (!ok) {
       char name[40];

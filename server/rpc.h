@@ -24,6 +24,8 @@ struct wbuf {
 };
 
 void wbuf_free(struct wbuf *w);
+/* Makes room for n more bytes; false (and failed set) on OOM. */
+bool wbuf_reserve(struct wbuf *w, size_t n);
 /* msgpack_packer writer callback appending to a struct wbuf. */
 int wbuf_write(void *data, const char *buf, size_t len);
 

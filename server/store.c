@@ -7,7 +7,9 @@
  */
 #include "store.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -148,6 +150,13 @@ int store_open(const char *path, struct store **out, struct diag *d)
 
   if (s == NULL)
     return GS_ERR_NOMEM;
+  /*
+   * Create the file ourselves, mode 0600: it holds staff names and the
+   * keyed hashes, and SQLite gives the -wal and -shm files its mode.
+   */
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd >= 0)
+    close(fd);
   if (sqlite3_open_v2(path, &s->db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                           SQLITE_OPEN_NOMUTEX,
@@ -333,7 +342,15 @@ static int guarded_delete(struct store *s, sqlite3_stmt *del, int *deleted)
     if (rc == 0)
       rc = exec_st(s->st[ST_GUARD_CLOSE]);
   }
-  return finish(s, rc);
+  rc = finish(s, rc);
+  /*
+   * Erased rows must not linger in the WAL: copy it into the database
+   * (secure_delete overwrites the freed pages there) and truncate it.
+   */
+  if (rc == 0)
+    sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL,
+                              NULL);
+  return rc;
 }
 
 int store_optout_erase(struct store *s, const uint8_t uid[16], int *erased)

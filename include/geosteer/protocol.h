@@ -28,7 +28,7 @@ typedef enum gs_code {
   GS_CODE_BAD_ADDRESS = 4,        /* `ip` is not an IPv4/IPv6 address */
   GS_CODE_FORBIDDEN = 5,          /* peer not allowed (ip from untrusted) */
   GS_CODE_NO_DATACENTER = 6,      /* every data center is drained */
-  GS_CODE_UNAVAILABLE = 7,        /* shutting down or at max_connections */
+  GS_CODE_UNAVAILABLE = 7,        /* at max_connections; retry later */
   GS_CODE_UNAUTHORIZED = 8,       /* admin over TCP without valid auth */
   GS_CODE_NOT_FOUND = 9,          /* named data center does not exist */
   GS_CODE_RELOAD_FAILED = 10,     /* new map/database rejected; old kept */
