@@ -21,6 +21,10 @@ OPT_CFLAGS := -O2
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
              -fno-omit-frame-pointer
 CFLAGS ?=
+# A bound on the whole test run instead of per-test timeouts (Criterion's
+# runner leaks a little for every test that has one, which LeakSanitizer
+# would report). Every wait inside the tests is itself a bounded poll.
+TEST_TIMEOUT ?= 1500
 
 ENGINE_SRC := server/addr.c server/diag.c server/errors.c server/yamldoc.c \
               server/dcmap.c server/geo.c server/rank.c server/table.c \
@@ -52,7 +56,13 @@ all: $(BUILD)/geosteer $(BUILD)/geosteerd $(BUILD)/libgeosteer.a
 help:
 	@echo "make            build the library and tools into build/"
 	@echo "make test       build with ASan/UBSan and run every test"
+	@echo "make run        build, fetch the database, start geosteerd"
 	@echo "make bench-lookup  route-table lookup benchmark (real database)"
+	@echo "make bench-load    geosteerd against redis-server under load"
+	@echo "make bench-optout  cost of 1,000,000 opt-outs"
+	@echo "make bench-share   cost of the provider share"
+	@echo "make crash-test    SIGKILL during opt-out writes, nothing lost"
+	@echo "make fuzz       libFuzzer on the scanner and decoder (FUZZ_SECONDS)"
 	@echo "make deps       install missing Debian packages"
 	@echo "make geodb      fetch data/GeoLite2-City.mmdb"
 	@echo "make fixtures   regenerate tests/fixtures/city-test.mmdb"
@@ -103,9 +113,12 @@ $(BUILD)/run-tests: $(TEST_OBJ) $(SERVER_SAN_OBJ) $(ENGINE_SAN_OBJ) \
                     $(CLIENT_SRC:%.c=$(BUILD)/san/%.o)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS) $(TEST_LIBS)
 
-test: $(BUILD)/run-tests $(BUILD)/geosteer $(BUILD)/geosteerd-san $(GEODB)
+test: $(BUILD)/run-tests $(BUILD)/geosteer $(BUILD)/geosteerd-san $(GEODB) \
+      $(BUILD)/optout-crash
 	GS_SOURCE_DIR=$(CURDIR) GS_CLI=$(CURDIR)/$(BUILD)/geosteer \
-	  GS_DAEMON=$(CURDIR)/$(BUILD)/geosteerd-san $(BUILD)/run-tests
+	  GS_DAEMON=$(CURDIR)/$(BUILD)/geosteerd-san \
+	  GS_CRASH=$(CURDIR)/$(BUILD)/optout-crash \
+	  timeout $(TEST_TIMEOUT) $(BUILD)/run-tests
 
 # Starts the server on the example configuration, in the foreground.
 run: $(BUILD)/geosteerd $(BUILD)/geosteer $(GEODB)
@@ -165,3 +178,74 @@ fuzz: $(BUILD)/fuzz-scan
 	$(BUILD)/fuzz-scan -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
 	  -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus
 # --- end fuzzing -----------------------------------------------------------
+
+# --- load benchmark (bench-load) -------------------------------------------
+# make bench-load [BENCH_N=requests] [BENCH_PAIRS=3]: geosteerd's route
+# listener and Redis under the same closed-loop load from $(BUILD)/loadgen;
+# bench/bench-load.sh starts both servers on free loopback ports and prints
+# `name: value unit` lines (docs/benchmarks.md). loadgen needs only libc.
+.PHONY: bench-load
+
+$(BUILD)/loadgen: bench/loadgen.c server/rng.h | deps
+	@mkdir -p $(BUILD)
+	$(CC) $(BASE_CFLAGS) $(OPT_CFLAGS) $(CFLAGS) -o $@ bench/loadgen.c
+
+bench-load: $(BUILD)/loadgen $(BUILD)/geosteerd $(GEODB)
+	LOADGEN=$(CURDIR)/$(BUILD)/loadgen GEOSTEERD=$(CURDIR)/$(BUILD)/geosteerd \
+	  bench/bench-load.sh
+# --- end load benchmark ----------------------------------------------------
+
+# --- opt-out benchmark (bench-optout) --------------------------------------
+# make bench-optout [BENCH_N=requests] [BENCH_PAIRS=7] [BENCH_SETS=2000]:
+# what opt-outs cost. bench/bench-optout.sh builds a store of 1,000,000
+# opt-outs, starts two geosteerd (no opt-outs; the 1,000,000) on loopback
+# from a temporary folder, and prints `name: value unit` lines: index load
+# time and size, route throughput with and without them (requests carry a
+# user), and durable optout.set calls (docs/benchmarks.md).
+.PHONY: bench-optout
+
+$(BUILD)/bench-optout: $(BUILD)/opt/bench/bench_optout.o \
+                      $(BUILD)/opt/server/store.o $(BUILD)/opt/server/optout.o \
+                      $(BUILD)/opt/client/gsclient.o $(BUILD)/libgeosteer.a
+	$(CC) $(OPT_CFLAGS) $(CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+bench-optout: $(BUILD)/bench-optout $(BUILD)/geosteerd $(GEODB)
+	BENCH_OPTOUT=$(abspath $(BUILD)/bench-optout) \
+	  GEOSTEERD=$(abspath $(BUILD)/geosteerd) bench/bench-optout.sh
+# --- end opt-out benchmark -------------------------------------------------
+
+# --- provider-share benchmark (bench-share) --------------------------------
+# make bench-share [BENCH_ROUNDS=5] [BENCH_N=requests]: route throughput of
+# the optimised geosteerd with the provider share off, on in events mode to
+# a local sink that reads and discards ($(BUILD)/share-sink), and on with
+# the provider's port closed; bench/bench-share.sh alternates the three and
+# prints `name: value unit` lines (docs/benchmarks.md). Uses the loadgen
+# that bench-load builds.
+.PHONY: bench-share
+
+$(BUILD)/share-sink: $(BUILD)/opt/bench/share_sink.o
+	$(CC) $(OPT_CFLAGS) $(CFLAGS) -o $@ $^
+
+bench-share: $(BUILD)/geosteerd $(BUILD)/geosteer $(BUILD)/loadgen \
+             $(BUILD)/share-sink $(GEODB)
+	GEOSTEERD=$(CURDIR)/$(BUILD)/geosteerd GEOSTEER=$(CURDIR)/$(BUILD)/geosteer \
+	  LOADGEN=$(CURDIR)/$(BUILD)/loadgen \
+	  SHARE_SINK=$(CURDIR)/$(BUILD)/share-sink bench/bench-share.sh
+# --- end provider-share benchmark ------------------------------------------
+
+# --- opt-out crash test (crash-test) ---------------------------------------
+# make crash-test: tests/crash/optout_crash.c kills the optimised geosteerd
+# with SIGKILL at pseudo-random moments (fixed seed) while it acknowledges
+# optout.set calls, restarts it, and checks that no acknowledged opt-out was
+# lost and that the store passes PRAGMA integrity_check. make test runs a
+# short version of it (tests/test_privacy.c, through GS_CRASH).
+.PHONY: crash-test
+
+$(BUILD)/optout-crash: $(BUILD)/opt/tests/crash/optout_crash.o \
+                      $(BUILD)/opt/client/gsclient.o $(BUILD)/libgeosteer.a
+	$(CC) $(OPT_CFLAGS) $(CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+crash-test: $(BUILD)/optout-crash $(BUILD)/geosteerd
+	$(BUILD)/optout-crash --acks 2000 --kills 20 --daemon $(BUILD)/geosteerd \
+	  --db $(FIXTURE_DB) --map tests/fixtures/maps/test-map.yaml
+# --- end opt-out crash test ------------------------------------------------

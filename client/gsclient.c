@@ -33,6 +33,7 @@ struct gs_client {
   msgpack_zone zone;
   char *in;
   size_t in_len, in_cap;
+  size_t consumed; /* bytes of `in` the last result still points into */
   msgpack_object result;
 };
 
@@ -232,15 +233,24 @@ static const msgpack_object *map_get(const msgpack_object *m, const char *k)
 /* Reads until one whole reply is buffered, then unpacks it. */
 static int read_reply(gs_client *c, uint32_t msgid, gs_remote_error *err)
 {
+  /* The previous result is no longer valid: its bytes may go now. */
+  if (c->consumed > 0) {
+    memmove(c->in, c->in + c->consumed, c->in_len - c->consumed);
+    c->in_len -= c->consumed;
+    c->consumed = 0;
+  }
   for (;;) {
     msgpack_object o;
-    size_t off = 0;
+    size_t off = c->consumed;
     msgpack_unpack_return r =
-        c->in_len ? msgpack_unpack(c->in, c->in_len, &off, &c->zone, &o)
-                  : MSGPACK_UNPACK_CONTINUE;
+        c->in_len > off ? msgpack_unpack(c->in, c->in_len, &off, &c->zone, &o)
+                        : MSGPACK_UNPACK_CONTINUE;
     if (r == MSGPACK_UNPACK_SUCCESS || r == MSGPACK_UNPACK_EXTRA_BYTES) {
-      memmove(c->in, c->in + off, c->in_len - off);
-      c->in_len -= off;
+      /*
+       * The result's strings point into `in`: leave the bytes in place
+       * until the next call (bytes after it stay for that call too).
+       */
+      c->consumed = off;
       if (o.type != MSGPACK_OBJECT_ARRAY || o.via.array.size < 3)
         return GS_ERR_PROTO;
       const msgpack_object *e = o.via.array.ptr;

@@ -695,6 +695,12 @@ static void check_across(struct loader *ld, yaml_node_t *root)
               {"admin_tcp", c->has_admin_tcp ? &c->admin_tcp : NULL}};
   char name[KEY_NAME_MAX];
 
+  if (c->has_share && c->share_provider.port == 0)
+    yamldoc_error(&ld->y, node_at(ld, root, "share", "provider"),
+                  "share.provider",
+                  "port must be 1..65535: the provider's collector listens on "
+                  "a fixed port");
+
   if (c->has_admin_tcp && (token == NULL || yamldoc_is_null(token)))
     yamldoc_error(&ld->y, node_at(ld, root, "listen", "admin_tcp"),
                   "listen.admin_tcp",

@@ -135,8 +135,20 @@ static void on_write(uv_write_t *req, int status)
 
 static void flush(struct conn *c)
 {
-  if (c->closing || c->writing)
+  if (c->closing)
     return;
+  if (c->writing) {
+    /*
+     * One write is in flight; replies queue in `out` meanwhile. The
+     * backpressure check must still run, or a client that never reads
+     * makes `out` grow without bound.
+     */
+    if (pending_bytes(c) > c->srv->max_pending_bytes && c->reading) {
+      uv_read_stop(&c->h.stream);
+      c->reading = false;
+    }
+    return;
+  }
   if (c->out.failed) {
     log_event(LOG_ERROR, "conn_out_of_memory", "kind=%s", c->srv->kind);
     conn_close(c);

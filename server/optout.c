@@ -43,7 +43,7 @@ static int hexval(int c)
 int optout_load_key(const char *path, bool may_create,
                     uint8_t key[OPTOUT_KEY_BYTES], struct diag *d)
 {
-  char text[2 * OPTOUT_KEY_BYTES + 2];
+  char text[2 * OPTOUT_KEY_BYTES + 8]; /* room to see excess content */
   int fd;
   ssize_t n;
 
@@ -80,6 +80,17 @@ int optout_load_key(const char *path, bool may_create,
     }
     close(fd);
     sodium_memzero(text, sizeof(text));
+    /* The key must survive a power loss as surely as the store. */
+    char *dir = strdup(path);
+    char *slash = dir ? strrchr(dir, '/') : NULL;
+    if (slash)
+      *slash = '\0';
+    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      fsync(dfd);
+      close(dfd);
+    }
+    free(dir);
     return 0;
   }
   if (fd < 0) {
@@ -88,23 +99,31 @@ int optout_load_key(const char *path, bool may_create,
   }
   n = read(fd, text, sizeof(text));
   close(fd);
-  if (n < 2 * OPTOUT_KEY_BYTES) {
+  /* Exactly 32 hex digits, then nothing but one line end. */
+  size_t len = n > 0 ? (size_t)n : 0;
+  if (len > 0 && text[len - 1] == '\n')
+    len--;
+  if (len > 0 && text[len - 1] == '\r')
+    len--;
+  uint8_t parsed[OPTOUT_KEY_BYTES];
+  bool ok = len == 2 * OPTOUT_KEY_BYTES;
+  for (int i = 0; ok && i < OPTOUT_KEY_BYTES; i++) {
+    int h = hexval(text[2 * i]), l = hexval(text[2 * i + 1]);
+    ok = h >= 0 && l >= 0;
+    if (ok)
+      parsed[i] = (uint8_t)((unsigned)h << 4 | (unsigned)l);
+  }
+  sodium_memzero(text, sizeof(text));
+  if (!ok) {
+    sodium_memzero(parsed, sizeof(parsed));
     diag_add(d, path, 0,
-             "opt-out key must be %d hex digits; restore it from the backup "
-             "taken with the database",
+             "the opt-out key must be exactly %d hex digits on one line; "
+             "restore it from the backup taken with the database",
              2 * OPTOUT_KEY_BYTES);
     return GS_ERR_INVALID;
   }
-  for (int i = 0; i < OPTOUT_KEY_BYTES; i++) {
-    int h = hexval(text[2 * i]), l = hexval(text[2 * i + 1]);
-    if (h < 0 || l < 0) {
-      diag_add(d, path, 0, "opt-out key must be %d hex digits",
-               2 * OPTOUT_KEY_BYTES);
-      return GS_ERR_INVALID;
-    }
-    key[i] = (uint8_t)(h << 4 | l);
-  }
-  sodium_memzero(text, sizeof(text));
+  memcpy(key, parsed, sizeof(parsed));
+  sodium_memzero(parsed, sizeof(parsed));
   return 0;
 }
 

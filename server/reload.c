@@ -161,8 +161,10 @@ static int publish(struct daemon *d, struct snapshot *s)
 {
   size_t ndcs = s->map->ndcs;
 
-  s->dc_answers = calloc((size_t)(d->nworkers ? d->nworkers : 1) * ndcs,
-                         sizeof(*s->dc_answers));
+  /* cfg->workers, not d->nworkers: the first table is published before
+   * the workers exist. */
+  s->dc_answers =
+      calloc((size_t)d->cfg->workers * ndcs, sizeof(*s->dc_answers));
   if (s->dc_answers == NULL)
     return GS_ERR_NOMEM;
   for (size_t i = 0; i < d->ndrained; i++) {

@@ -338,6 +338,7 @@ char *stats_prometheus(struct daemon *d, size_t *len)
 
 struct http_conn {
   uv_tcp_t tcp;
+  struct http_conn *prev, *next; /* open connections, for shutdown */
   uv_write_t wreq;
   char in[HTTP_REQUEST_MAX];
   size_t in_len;
@@ -346,10 +347,17 @@ struct http_conn {
 };
 
 static uv_tcp_t *metrics_server;
+static struct http_conn *http_conns;
 
 static void http_closed(uv_handle_t *h)
 {
   struct http_conn *hc = h->data;
+  if (hc->prev)
+    hc->prev->next = hc->next;
+  else
+    http_conns = hc->next;
+  if (hc->next)
+    hc->next->prev = hc->prev;
   free(hc->out);
   free(hc);
 }
@@ -358,7 +366,8 @@ static void http_written(uv_write_t *req, int status)
 {
   struct http_conn *hc = req->data;
   (void)status;
-  uv_close((uv_handle_t *)&hc->tcp, http_closed);
+  if (!uv_is_closing((uv_handle_t *)&hc->tcp))
+    uv_close((uv_handle_t *)&hc->tcp, http_closed);
 }
 
 static void http_reply(struct http_conn *hc, const char *status,
@@ -430,6 +439,10 @@ static void http_connection(uv_stream_t *server, int status)
   hc->d = server->data;
   uv_tcp_init(server->loop, &hc->tcp);
   hc->tcp.data = hc;
+  hc->next = http_conns;
+  if (http_conns)
+    http_conns->prev = hc;
+  http_conns = hc;
   if (uv_accept(server, (uv_stream_t *)&hc->tcp) != 0 ||
       uv_read_start((uv_stream_t *)&hc->tcp, http_alloc, http_read) != 0)
     uv_close((uv_handle_t *)&hc->tcp, http_closed);
@@ -469,4 +482,8 @@ void metrics_stop(void)
   if (metrics_server)
     uv_close((uv_handle_t *)metrics_server, (uv_close_cb)free);
   metrics_server = NULL;
+  /* An idle scraper connection must not hold the process open. */
+  for (struct http_conn *hc = http_conns; hc; hc = hc->next)
+    if (!uv_is_closing((uv_handle_t *)&hc->tcp))
+      uv_close((uv_handle_t *)&hc->tcp, http_closed);
 }

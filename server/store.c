@@ -52,6 +52,14 @@ static const char *const migrations[] = {
     "CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit "
     "WHEN (SELECT allow_delete FROM audit_guard) = 0 "
     "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;",
+    /*
+     * 2 -> 3: REPLACE deletes the old row without firing DELETE triggers,
+     * so an insert that names an existing id is refused as well.
+     */
+    "CREATE TRIGGER audit_append_only_replace BEFORE INSERT ON audit "
+    "WHEN NEW.id IS NOT NULL AND EXISTS (SELECT 1 FROM audit WHERE id = "
+    "NEW.id) "
+    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;",
 };
 
 enum stmt {

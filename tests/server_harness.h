@@ -19,6 +19,7 @@
 #define GS_TEST_SERVER_HARNESS_H
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -65,12 +66,12 @@ struct server_opts {
 };
 
 struct server {
-  char dir[HARNESS_PATH_MAX];    /* private folder; removed at the end */
-  char config[HARNESS_PATH_MAX]; /* dir/geosteer.yaml */
-  char map[HARNESS_PATH_MAX];    /* dir/map.yaml, a copy of test-map.yaml */
-  char admin[HARNESS_PATH_MAX];  /* dir/admin.sock */
-  char store[HARNESS_PATH_MAX];  /* dir/geosteer.db */
-  char log[HARNESS_PATH_MAX];    /* dir/geosteerd.log: stdout + stderr */
+  char dir[HARNESS_PATH_MAX / 2]; /* private folder; removed at the end */
+  char config[HARNESS_PATH_MAX];  /* dir/geosteer.yaml */
+  char map[HARNESS_PATH_MAX];     /* dir/map.yaml, a copy of test-map.yaml */
+  char admin[HARNESS_PATH_MAX];   /* dir/admin.sock */
+  char store[HARNESS_PATH_MAX];   /* dir/geosteer.db */
+  char log[HARNESS_PATH_MAX];     /* dir/geosteerd.log: stdout + stderr */
   char asan_options[256];
   pid_t pid;             /* 0 when not running */
   long log_start;        /* offset of the current run's first log byte */
@@ -156,39 +157,52 @@ static inline void harness_copy_file(const char *from, const char *to)
 /* Removes a folder and the files in it (the harness makes no subfolders). */
 static inline void harness_remove_dir(const char *dir)
 {
-  static const char *const names[] = {
-      "geosteer.yaml", "map.yaml", "geosteer.db",   "geosteer.db-journal",
-      "geosteer.db-wal", "geosteer.db-shm", "admin.sock", "geosteerd.log",
-      "admin.token",   "check.out", "other.yaml",  NULL};
-  char path[HARNESS_PATH_MAX + 32];
+  char path[HARNESS_PATH_MAX + NAME_MAX + 2];
+  struct dirent *e;
+  DIR *d;
 
-  if (dir[0] == '\0')
+  if (dir[0] == '\0' || (d = opendir(dir)) == NULL)
     return;
-  for (const char *const *n = names; *n; n++) {
-    snprintf(path, sizeof(path), "%s/%s", dir, *n);
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+      continue;
+    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
     unlink(path);
   }
+  closedir(d);
   rmdir(dir);
 }
 
 /* ---- the daemon's lifetime --------------------------------------------- */
 
-/* Daemons started in this test process, for the suite's .fini. */
-static struct server *harness_live[HARNESS_MAX_SERVERS];
+/*
+ * What the suite's .fini needs to clean up after a test that failed:
+ * copies, not pointers, since a failed assertion leaves the test's stack
+ * (where its struct server lives) before .fini runs.
+ */
+struct harness_slot {
+  const void *owner; /* the struct server, compared only; NULL: free */
+  pid_t pid;         /* running daemon, 0 if none */
+  long log_start;
+  char dir[HARNESS_PATH_MAX / 2];
+  char log[HARNESS_PATH_MAX];
+};
 
-static inline void harness_track(struct server *s, bool on)
+static struct harness_slot harness_live[HARNESS_MAX_SERVERS];
+
+/* The slot of s; claims a free one when claim is set. */
+static inline struct harness_slot *harness_slot_of(const void *s, bool claim)
 {
-  for (int i = 0; i < HARNESS_MAX_SERVERS; i++) {
-    if (on && harness_live[i] == NULL) {
-      harness_live[i] = s;
-      return;
+  for (int i = 0; i < HARNESS_MAX_SERVERS; i++)
+    if (harness_live[i].owner == s)
+      return &harness_live[i];
+  for (int i = 0; i < HARNESS_MAX_SERVERS && claim; i++)
+    if (harness_live[i].owner == NULL) {
+      harness_live[i].owner = s;
+      return &harness_live[i];
     }
-    if (!on && harness_live[i] == s) {
-      harness_live[i] = NULL;
-      return;
-    }
-  }
-  cr_assert(!on, "more than %d daemons in one test", HARNESS_MAX_SERVERS);
+  cr_assert(!claim, "more than %d daemons in one test", HARNESS_MAX_SERVERS);
+  return NULL;
 }
 
 static inline const char *harness_daemon_path(void)
@@ -232,8 +246,8 @@ static inline void server_write_config(struct server *s,
           "  map: %s\n"
           "store:\n"
           "  path: %s\n",
-          s->admin, o && o->listen ? o->listen : "",
-          o && o->listen ? "\n" : "", db, s->map, s->store);
+          s->admin, o && o->listen ? o->listen : "", o && o->listen ? "\n" : "",
+          db, s->map, s->store);
   if (o && o->limits)
     fprintf(f, "limits:\n%s\n", o->limits);
   if (o && o->extra)
@@ -260,7 +274,11 @@ static inline void server_init(struct server *s, const struct server_opts *o)
     snprintf(s->asan_options, sizeof(s->asan_options), "%s", o->asan_options);
   harness_copy_file(src_path("tests/fixtures/maps/test-map.yaml"), s->map);
   server_write_config(s, o);
-  harness_track(s, true);
+  {
+    struct harness_slot *slot = harness_slot_of(s, true);
+    snprintf(slot->dir, sizeof(slot->dir), "%s", s->dir);
+    snprintf(slot->log, sizeof(slot->log), "%s", s->log);
+  }
 }
 
 /* The log of the current (or last) run; malloc'd. */
@@ -309,6 +327,8 @@ static inline pid_t harness_spawn(const struct server *s, const char *log,
       setenv("ASAN_OPTIONS", opts, 1);
     }
     execv(argv[0], argv);
+    dprintf(STDERR_FILENO, "harness: cannot run %s: %s\n", argv[0],
+            strerror(errno));
     _exit(127);
   }
   return pid;
@@ -343,6 +363,8 @@ static inline void server_start(struct server *s)
   cr_assert_eq(s->pid, 0, "daemon already running");
   s->log_start = stat(s->log, &st) == 0 ? (long)st.st_size : 0;
   s->pid = harness_spawn(s, s->log, argv);
+  harness_slot_of(s, true)->pid = s->pid;
+  harness_slot_of(s, true)->log_start = s->log_start;
   for (;;) {
     char *text = server_log(s);
     int status;
@@ -357,7 +379,7 @@ static inline void server_start(struct server *s)
       return;
     }
     if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
-      s->pid = 0;
+      s->pid = harness_slot_of(s, true)->pid = 0;
       cr_assert_fail("geosteerd exited during start (status 0x%x):\n%s",
                      (unsigned)status, text);
     }
@@ -408,9 +430,11 @@ static inline void server_signal(const struct server *s, int sig)
  */
 static inline void server_wait_stopped(struct server *s)
 {
-  int status = harness_wait_exit(s->pid, HARNESS_STOP_WAIT_MS);
+  int status;
 
-  s->pid = 0;
+  cr_assert_gt(s->pid, 0, "daemon not running");
+  status = harness_wait_exit(s->pid, HARNESS_STOP_WAIT_MS);
+  s->pid = harness_slot_of(s, true)->pid = 0;
   if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     char *text = server_log(s);
     cr_assert_fail("geosteerd did not exit 0 after SIGTERM (%s %d):\n%s",
@@ -431,25 +455,34 @@ static inline void server_stop(struct server *s)
   server_wait_stopped(s);
 }
 
+/* Kills a slot's daemon if running and removes its folder. */
+static inline void harness_clear_slot(struct harness_slot *slot)
+{
+  if (slot->pid > 0) {
+    kill(slot->pid, SIGKILL);
+    waitpid(slot->pid, NULL, 0);
+  }
+  harness_remove_dir(slot->dir);
+  memset(slot, 0, sizeof(*slot));
+}
+
 /* Stops the daemon if running (status unchecked), removes the folder. */
 static inline void server_destroy(struct server *s)
 {
-  if (s->pid > 0) {
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-  }
-  harness_remove_dir(s->dir);
+  struct harness_slot *slot = harness_slot_of(s, false);
+
+  if (slot)
+    harness_clear_slot(slot);
+  s->pid = 0;
   s->dir[0] = '\0';
-  harness_track(s, false);
 }
 
 /* Suite .fini: whatever a failed test left behind. */
 static inline void harness_fini(void)
 {
   for (int i = 0; i < HARNESS_MAX_SERVERS; i++)
-    if (harness_live[i])
-      server_destroy(harness_live[i]);
+    if (harness_live[i].owner)
+      harness_clear_slot(&harness_live[i]);
 }
 
 /*
@@ -470,8 +503,8 @@ static inline int harness_run_daemon(const char *dir, char *const args[],
   for (int i = 0; args[i] && n < 15; i++)
     argv[n++] = args[i];
   argv[n] = NULL;
-  status = harness_wait_exit(harness_spawn(NULL, path, argv),
-                             HARNESS_START_WAIT_MS);
+  status =
+      harness_wait_exit(harness_spawn(NULL, path, argv), HARNESS_START_WAIT_MS);
   *out = harness_read_file(path, 0, NULL);
   if (*out == NULL)
     *out = strdup("");
@@ -496,6 +529,47 @@ static inline long server_rss_kb(const struct server *s)
   return kb;
 }
 
+/*
+ * The end of the log of the first daemon this test started, for failure
+ * messages of calls that fail because the daemon died; static buffer.
+ */
+static inline const char *harness_log_tail(void)
+{
+  static char tail[4096];
+  const struct harness_slot *slot = NULL;
+  char *text;
+  long len = 0;
+
+  for (int i = 0; i < HARNESS_MAX_SERVERS && slot == NULL; i++)
+    if (harness_live[i].owner && harness_live[i].log[0])
+      slot = &harness_live[i];
+  if (slot == NULL ||
+      (text = harness_read_file(slot->log, slot->log_start, &len)) == NULL)
+    return "(no daemon log)";
+  snprintf(
+      tail, sizeof(tail), "%s",
+      text + (len > (long)sizeof(tail) - 1 ? len - (long)sizeof(tail) + 1 : 0));
+  free(text);
+  return tail;
+}
+
+/* Open file descriptors of the daemon (to see a connection accepted). */
+static inline int server_fd_count(const struct server *s)
+{
+  char path[64];
+  struct dirent *e;
+  DIR *d;
+  int n = 0;
+
+  snprintf(path, sizeof(path), "/proc/%d/fd", (int)s->pid);
+  d = opendir(path);
+  cr_assert_not_null(d, "cannot read %s", path);
+  while ((e = readdir(d)) != NULL)
+    n += e->d_name[0] != '.';
+  closedir(d);
+  return n;
+}
+
 /* ---- clients ----------------------------------------------------------- */
 
 /* A client-library connection to the route listener. */
@@ -503,7 +577,8 @@ static inline gs_client *server_client(const struct server *s)
 {
   gs_client *c = NULL;
   int rc = gs_client_connect(s->route_addr, HARNESS_CALL_MS, &c);
-  cr_assert_eq(rc, 0, "connect %s: %s", s->route_addr, gs_client_strerror(rc));
+  cr_assert_eq(rc, 0, "connect %s: %s; daemon log:\n%s", s->route_addr,
+               gs_client_strerror(rc), harness_log_tail());
   return c;
 }
 
@@ -512,7 +587,8 @@ static inline gs_client *server_admin(const struct server *s)
 {
   gs_client *c = NULL;
   int rc = gs_client_connect(s->admin, HARNESS_CALL_MS, &c);
-  cr_assert_eq(rc, 0, "connect %s: %s", s->admin, gs_client_strerror(rc));
+  cr_assert_eq(rc, 0, "connect %s: %s; daemon log:\n%s", s->admin,
+               gs_client_strerror(rc), harness_log_tail());
   return c;
 }
 
@@ -524,8 +600,9 @@ static inline const msgpack_object *admin_call(gs_client *c, const char *method,
   const msgpack_object *r = NULL;
   gs_remote_error err = {0};
   int rc = gs_client_call(c, method, args, n, &r, &err);
-  cr_assert_eq(rc, 0, "%s: %s (%s: %s)", method, gs_client_strerror(rc),
-               err.name, err.message);
+  cr_assert_eq(rc, 0, "%s: %s (%s: %s); daemon log:\n%s", method,
+               gs_client_strerror(rc), err.name, err.message,
+               harness_log_tail());
   return r;
 }
 
@@ -535,8 +612,9 @@ static inline gs_route_answer route_ok(gs_client *c, const char *ip)
   gs_route_answer a;
   gs_remote_error err = {0};
   int rc = gs_route(c, NULL, ip, NULL, false, NULL, &a, &err);
-  cr_assert_eq(rc, 0, "route %s: %s (%s: %s)", ip ? ip : "(peer)",
-               gs_client_strerror(rc), err.name, err.message);
+  cr_assert_eq(rc, 0, "route %s: %s (%s: %s); daemon log:\n%s",
+               ip ? ip : "(peer)", gs_client_strerror(rc), err.name,
+               err.message, harness_log_tail());
   return a;
 }
 
@@ -702,17 +780,16 @@ struct replies {
  * until replies_free (their strings are copied into the zone or point
  * into buf, which must outlive them).
  */
-static inline void replies_parse(struct replies *r, const char *buf,
-                                 size_t len)
+static inline void replies_parse(struct replies *r, const char *buf, size_t len)
 {
   memset(r, 0, sizeof(*r));
   msgpack_zone_init(&r->zone, 4096);
   for (;;) {
     msgpack_object o;
     size_t off = r->used;
-    msgpack_unpack_return u =
-        r->used < len ? msgpack_unpack(buf, len, &off, &r->zone, &o)
-                      : MSGPACK_UNPACK_CONTINUE;
+    msgpack_unpack_return u = r->used < len
+                                  ? msgpack_unpack(buf, len, &off, &r->zone, &o)
+                                  : MSGPACK_UNPACK_CONTINUE;
     if (u == MSGPACK_UNPACK_CONTINUE)
       return;
     if (u != MSGPACK_UNPACK_SUCCESS && u != MSGPACK_UNPACK_EXTRA_BYTES) {
@@ -771,6 +848,31 @@ static inline int raw_connect_port(uint16_t port)
   return fd;
 }
 
+/* A non-blocking connection to a unix socket, or -1 (errno set). */
+static inline int raw_connect_unix(const char *path)
+{
+  struct sockaddr_un sun = {0};
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+  if (fd < 0)
+    return -1;
+  if (strlen(path) >= sizeof(sun.sun_path)) {
+    close(fd);
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path, path, strlen(path) + 1);
+  if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  return fd;
+}
+
 static inline int raw_connect(const struct server *s)
 {
   int fd = raw_connect_port(s->port);
@@ -825,8 +927,8 @@ static inline int raw_exchange(int fd, const void *out, size_t out_len,
       break;
     }
     if (p.revents & POLLOUT) {
-      ssize_t w = send(fd, (const char *)out + done, out_len - done,
-                       MSG_NOSIGNAL);
+      ssize_t w =
+          send(fd, (const char *)out + done, out_len - done, MSG_NOSIGNAL);
       if (w > 0)
         done += (size_t)w;
       else if (w < 0 && errno != EAGAIN && errno != EINTR)
@@ -859,6 +961,30 @@ static inline int raw_exchange(int fd, const void *out, size_t out_len,
   return end;
 }
 
+/*
+ * Sends from out on the non-blocking fd without reading, until all is
+ * sent or the kernel takes nothing for stall_ms; returns the bytes sent.
+ */
+static inline size_t raw_send_until_stalled(int fd, const void *out, size_t len,
+                                            int stall_ms)
+{
+  size_t sent = 0;
+
+  while (sent < len) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    ssize_t w;
+    if (poll(&p, 1, stall_ms) == 0)
+      break;
+    w = send(fd, (const char *)out + sent, len - sent, MSG_NOSIGNAL);
+    if (w < 0 && (errno == EAGAIN || errno == EINTR))
+      continue;
+    if (w <= 0)
+      break;
+    sent += (size_t)w;
+  }
+  return sent;
+}
+
 /* ---- packing requests -------------------------------------------------- */
 
 static inline void pack_cstr(msgpack_packer *pk, const char *s)
@@ -884,21 +1010,28 @@ static inline void pack_route(msgpack_packer *pk, uint32_t msgid,
   pack_cstr(pk, ip);
 }
 
-/* [0, msgid, "ping", []] */
-static inline void pack_ping(msgpack_packer *pk, uint32_t msgid)
+/* [0, msgid, method, []] */
+static inline void pack_call(msgpack_packer *pk, uint32_t msgid,
+                             const char *method)
 {
   msgpack_pack_array(pk, 4);
   msgpack_pack_uint8(pk, GS_RPC_REQUEST);
   msgpack_pack_uint32(pk, msgid);
-  pack_cstr(pk, "ping");
+  pack_cstr(pk, method);
   msgpack_pack_array(pk, 0);
+}
+
+/* [0, msgid, "ping", []] */
+static inline void pack_ping(msgpack_packer *pk, uint32_t msgid)
+{
+  pack_call(pk, msgid, "ping");
 }
 
 /* A route answer's validity: NULL, or what is wrong with result r. */
 static inline const char *route_result_problem(const msgpack_object *r)
 {
-  static const char *const keys4[] = {"dc", "endpoint", "alternates",
-                                      "reason", NULL};
+  static const char *const keys4[] = {"dc", "endpoint", "alternates", "reason",
+                                      NULL};
   static const char *const keys5[] = {"dc",     "endpoint", "alternates",
                                       "reason", "scope",    NULL};
   static const char *const alt_keys[] = {"dc", "endpoint", NULL};

@@ -124,12 +124,12 @@ static void check_equivalence(const char *map_rel, const char *db_rel,
   diag_free(&d);
 }
 
-Test(equivalence, real_database_example_map, .timeout = 600)
+Test(equivalence, real_database_example_map)
 {
   check_equivalence("examples/dcmap.yaml", "data/GeoLite2-City.mmdb", 1);
 }
 
-Test(equivalence, fixture_database_test_map, .timeout = 600)
+Test(equivalence, fixture_database_test_map)
 {
   check_equivalence("tests/fixtures/maps/test-map.yaml",
                     "tests/fixtures/city-test.mmdb", 2);
