@@ -215,12 +215,13 @@ bench-optout: $(BUILD)/bench-optout $(BUILD)/geosteerd $(GEODB)
 # --- end opt-out benchmark -------------------------------------------------
 
 # --- provider-share benchmark (bench-share) --------------------------------
-# make bench-share [BENCH_ROUNDS=5] [BENCH_N=requests]: route throughput of
-# the optimised geosteerd with the provider share off, on in events mode to
-# a local sink that reads and discards ($(BUILD)/share-sink), and on with
-# the provider's port closed; bench/bench-share.sh alternates the three and
-# prints `name: value unit` lines (docs/benchmarks.md). Uses the loadgen
-# that bench-load builds.
+# make bench-share [BENCH_ROUNDS=9] [BENCH_N=requests]: route throughput
+# and CPU per request of the optimised geosteerd with the provider share
+# off, on in events mode to a local sink that reads and discards
+# ($(BUILD)/share-sink), on with the provider's port closed, and in events
+# mode with interval_ms 10 (every record shared); bench/bench-share.sh
+# alternates them over the rounds and prints `name: value unit` lines
+# (docs/benchmarks.md). Uses the loadgen that bench-load builds.
 .PHONY: bench-share
 
 $(BUILD)/share-sink: $(BUILD)/opt/bench/share_sink.o

@@ -14,7 +14,8 @@
 #include "log.h"
 #include "rng.h"
 
-#define RING_SIZE 16384u             /* records per worker between flushes */
+#define RING_SIZE 16384u /* records per worker between drains */
+#define DRAIN_MS 20 /* rings are emptied this often, whatever interval_ms */
 #define MAX_PENDING_WRITE (1u << 20) /* bytes unsent before we stop writing */
 #define BATCH_MAX 10000              /* records in one notification */
 #define BACKOFF_MIN_MS 250
@@ -43,7 +44,7 @@ struct share {
   struct share_ring **rings;  /* one per worker */
   struct share_record *queue; /* circular, cfg->share_queue_max */
   size_t qhead, qlen;
-  uv_timer_t flush_timer, retry_timer;
+  uv_timer_t flush_timer, retry_timer, drain_timer;
   uv_tcp_t *tcp; /* NULL while not connected */
   uv_connect_t connect_req;
   enum conn_state state;
@@ -282,7 +283,8 @@ static void on_connect(uv_connect_t *req, int status)
   }
   if (s->attempt > 0)
     s->reconnects++;
-  s->attempt = 0;
+  /* attempt is reset by the first completed write, not here: a provider
+   * that accepts and hangs up at once must still be backed off from. */
   s->state = SHARE_CONNECTED;
   uv_tcp_nodelay(s->tcp, 1);
   uv_read_start((uv_stream_t *)s->tcp, on_alloc, on_read);
@@ -323,12 +325,16 @@ static void on_written(uv_write_t *req, int status)
   struct share *s = handle->data;
   wbuf_free(&w->buf);
   free(w);
+  if (status == 0 && s)
+    s->attempt = 0;
   if (status < 0 && status != UV_ECANCELED && s && s->tcp &&
       (uv_stream_t *)s->tcp == handle)
     disconnect(s, uv_err_name(status));
 }
 
-/* Sends n records packed by fn as one notification; false if not sent. */
+static bool can_send(struct share *s);
+
+/* Sends count packed records as one notification; false if not sent. */
 static bool send_notification(struct share *s, struct wbuf *body, size_t count)
 {
   struct write_req *w;
@@ -361,9 +367,18 @@ static bool send_notification(struct share *s, struct wbuf *body, size_t count)
   return true;
 }
 
+/* True when a notification could be written now. */
+static bool can_send(struct share *s)
+{
+  return s->state == SHARE_CONNECTED && s->tcp != NULL &&
+         uv_stream_get_write_queue_size((uv_stream_t *)s->tcp) <=
+             MAX_PENDING_WRITE;
+}
+
 static void flush_events(struct share *s)
 {
-  while (s->qlen > 0) {
+  /* Pack nothing that cannot go out; the queue keeps it meanwhile. */
+  while (s->qlen > 0 && can_send(s)) {
     struct wbuf body = {0};
     msgpack_packer pk;
     size_t n = s->qlen < BATCH_MAX ? s->qlen : BATCH_MAX;
@@ -437,6 +452,11 @@ static void flush_aggregate(struct share *s)
   free(b);
 }
 
+static void on_drain(uv_timer_t *t)
+{
+  drain_rings(t->data);
+}
+
 static void on_flush(uv_timer_t *t)
 {
   struct share *s = t->data;
@@ -454,9 +474,13 @@ void share_start(struct daemon *d)
     return;
   uv_timer_init(d->loop, &s->flush_timer);
   uv_timer_init(d->loop, &s->retry_timer);
-  s->flush_timer.data = s->retry_timer.data = s;
+  uv_timer_init(d->loop, &s->drain_timer);
+  s->flush_timer.data = s->retry_timer.data = s->drain_timer.data = s;
   uv_timer_start(&s->flush_timer, on_flush, s->cfg->share_interval_ms,
                  s->cfg->share_interval_ms);
+  /* Empty the rings often so that only queue_max bounds what is held. */
+  if (s->cfg->share_interval_ms > DRAIN_MS)
+    uv_timer_start(&s->drain_timer, on_drain, DRAIN_MS, DRAIN_MS);
   connect_now(s);
 }
 
@@ -468,6 +492,7 @@ void share_stop(struct daemon *d)
   s->stopping = true;
   uv_close((uv_handle_t *)&s->flush_timer, NULL);
   uv_close((uv_handle_t *)&s->retry_timer, NULL);
+  uv_close((uv_handle_t *)&s->drain_timer, NULL);
   if (s->tcp) {
     uv_close((uv_handle_t *)s->tcp, on_closed);
     s->tcp = NULL;

@@ -4,13 +4,13 @@
  *
  * The route path only appends a record to its worker's ring (single
  * producer, single consumer, fixed size: no allocation, no lock, no system
- * call). Every share.interval_ms the control loop drains the rings into a
- * queue bounded by share.queue_max (the oldest records go first when it is
- * full), and sends them to the provider as MessagePack-RPC notifications
- * [2, "share", [records...]] over one TCP connection, or, in aggregate
- * mode, sends per-(dc, location) counts and drops buckets below
- * share.min_count. The connection reconnects with exponential backoff and
- * jitter, capped at 30 s; a provider that does not read stops being
+ * call). Every 20 ms the control loop drains the rings into a queue
+ * bounded by share.queue_max (the oldest records go first when it is
+ * full); every share.interval_ms it sends them to the provider as
+ * MessagePack-RPC notifications [2, "share", [records...]] over one TCP
+ * connection, or, in aggregate mode, sends per-(dc, location) counts and drops
+ * buckets below share.min_count. The connection reconnects with exponential
+ * backoff and jitter, capped at 30 s; a provider that does not read stops being
  * written to once 1 MiB is pending, so memory stays bounded.
  *
  * What a record can hold is decided here, by an allow-list: dc, at, the
