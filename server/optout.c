@@ -23,11 +23,42 @@ struct slot {
   _Atomic uint64_t lo;
 };
 
+/*
+ * In front of the slots sits a blocked Bloom filter: one 64-byte block per
+ * FILTER_SLOTS_PER_BLOCK slots, two bits per entry in one word of a block,
+ * chosen by the high word. Most route requests come from users who have
+ * not opted out; the filter answers them from one cache line of a table
+ * a sixteenth the size of the slots. Removal leaves the bits set (the
+ * filter only ever errs towards probing the slots).
+ */
+#define FILTER_SLOTS_PER_BLOCK 32 /* 512 filter bits per 32 slots */
+
 struct optout_index {
-  size_t mask;        /* slots - 1 */
-  size_t count, used; /* entries; entries + tombstones */
+  size_t mask;              /* slots - 1 */
+  size_t count, used;       /* entries; entries + tombstones */
+  _Atomic uint64_t *filter; /* 8 words (one cache line) per block */
+  size_t filter_blocks_mask;
   struct slot slots[];
 };
+
+static size_t slot_of(const struct optout_index *ix, const struct optout_uid *u)
+{
+  return (size_t)u->lo & ix->mask;
+}
+
+/*
+ * The filter word and the two bits of an entry, from the high word (the
+ * slot comes from the low word, so the two choices are independent).
+ */
+static _Atomic uint64_t *filter_word(const struct optout_index *ix, uint64_t hi,
+                                     uint64_t *bits)
+{
+  size_t block = (size_t)hi & ix->filter_blocks_mask;
+  unsigned b1 = (unsigned)(hi >> 40) & 511, b2 = (unsigned)(hi >> 49) & 511;
+  /* Both bits in one word: the word from b1, the positions from both. */
+  *bits = ((uint64_t)1 << (b1 & 63)) | ((uint64_t)1 << (b2 & 63));
+  return &ix->filter[block * 8 + (b1 >> 6)];
+}
 
 static int hexval(int c)
 {
@@ -157,27 +188,51 @@ void optout_hash(const uint8_t key[OPTOUT_KEY_BYTES], const char *user,
   optout_uid_from_bytes(h, out);
 }
 
+/* An empty index of exactly `slots` slots (a power of two >= 16). */
+static struct optout_index *index_alloc(size_t slots)
+{
+  struct optout_index *ix =
+      calloc(1, sizeof(*ix) + slots * sizeof(struct slot));
+  size_t blocks = slots / FILTER_SLOTS_PER_BLOCK;
+
+  if (ix == NULL)
+    return NULL;
+  if (blocks == 0)
+    blocks = 1;
+  ix->filter = aligned_alloc(64, blocks * 64);
+  if (ix->filter == NULL) {
+    free(ix);
+    return NULL;
+  }
+  memset(ix->filter, 0, blocks * 64);
+  ix->filter_blocks_mask = blocks - 1;
+  ix->mask = slots - 1;
+  return ix;
+}
+
 struct optout_index *optout_index_new(size_t n)
 {
   size_t slots = 16;
   while (slots * MAX_LOAD_PCT / 100 < n + 1)
     slots *= 2;
-  struct optout_index *ix =
-      calloc(1, sizeof(*ix) + slots * sizeof(struct slot));
-  if (ix)
-    ix->mask = slots - 1;
-  return ix;
+  return index_alloc(slots);
 }
 
 void optout_index_free(struct optout_index *ix)
 {
+  if (ix)
+    free(ix->filter);
   free(ix);
 }
 
 bool optout_index_contains(const struct optout_index *ix,
                            const struct optout_uid *u)
 {
-  size_t i = (size_t)u->lo & ix->mask;
+  uint64_t bits;
+  _Atomic uint64_t *w = filter_word(ix, u->hi, &bits);
+  if ((atomic_load_explicit(w, memory_order_acquire) & bits) != bits)
+    return false; /* certainly not opted out */
+  size_t i = slot_of(ix, u);
   for (;;) {
     uint64_t hi = atomic_load_explicit(&((struct slot *)&ix->slots[i])->hi,
                                        memory_order_acquire);
@@ -197,7 +252,7 @@ bool optout_index_full(const struct optout_index *ix)
 
 int optout_index_add(struct optout_index *ix, const struct optout_uid *u)
 {
-  size_t i = (size_t)u->lo & ix->mask;
+  size_t i = slot_of(ix, u);
   size_t tomb = SIZE_MAX;
 
   for (;;) {
@@ -218,6 +273,10 @@ int optout_index_add(struct optout_index *ix, const struct optout_uid *u)
   } else {
     i = tomb; /* reuse: `used` already counts it */
   }
+  /* Filter bits first: a reader that passes the filter may then probe. */
+  uint64_t bits;
+  _Atomic uint64_t *w = filter_word(ix, u->hi, &bits); /* sets bits */
+  atomic_fetch_or_explicit(w, bits, memory_order_release);
   atomic_store_explicit(&ix->slots[i].lo, u->lo, memory_order_relaxed);
   atomic_store_explicit(&ix->slots[i].hi, u->hi, memory_order_release);
   ix->count++;
@@ -226,7 +285,7 @@ int optout_index_add(struct optout_index *ix, const struct optout_uid *u)
 
 bool optout_index_remove(struct optout_index *ix, const struct optout_uid *u)
 {
-  size_t i = (size_t)u->lo & ix->mask;
+  size_t i = slot_of(ix, u);
   for (;;) {
     uint64_t hi = atomic_load_explicit(&ix->slots[i].hi, memory_order_relaxed);
     if (hi == EMPTY)
@@ -243,7 +302,8 @@ bool optout_index_remove(struct optout_index *ix, const struct optout_uid *u)
 
 struct optout_index *optout_index_grown(const struct optout_index *ix)
 {
-  struct optout_index *g = optout_index_new(2 * ix->count + 16);
+  /* Twice the slots: tombstones are dropped, so the load halves at least. */
+  struct optout_index *g = index_alloc(2 * (ix->mask + 1));
   if (g == NULL)
     return NULL;
   for (size_t i = 0; i <= ix->mask; i++) {
@@ -264,5 +324,6 @@ size_t optout_index_count(const struct optout_index *ix)
 
 size_t optout_index_bytes(const struct optout_index *ix)
 {
-  return sizeof(*ix) + (ix->mask + 1) * sizeof(struct slot);
+  return sizeof(*ix) + (ix->mask + 1) * sizeof(struct slot) +
+         (ix->filter_blocks_mask + 1) * 64;
 }
