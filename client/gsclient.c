@@ -211,7 +211,8 @@ static void copy_str(char *dst, size_t size, const msgpack_object *o)
   size_t n = 0;
   if (o && o->type == MSGPACK_OBJECT_STR) {
     n = o->via.str.size < size - 1 ? o->via.str.size : size - 1;
-    memcpy(dst, o->via.str.ptr, n);
+    if (n > 0) /* an empty string's ptr may be NULL */
+      memcpy(dst, o->via.str.ptr, n);
   }
   dst[n] = '\0';
 }

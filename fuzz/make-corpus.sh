@@ -41,3 +41,7 @@ seed str32-header '\333\377\377\377\377'
 seed ext-and-bin '\224\307\002\001ab\326\377\000\000\000\001\305\000\001z\323\200\000\000\000\000\000\000\000'
 # 0xc1, never used
 seed never-used '\222\001\301'
+
+# Regression: an empty method and an empty argument name (msgpack-c gives
+# empty strings a NULL pointer; found by the fuzzer).
+seed empty-method-and-key '\224\000\007\240\221\201\240\160'

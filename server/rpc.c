@@ -42,7 +42,8 @@ int wbuf_write(void *data, const char *buf, size_t len)
 
   if (!wbuf_reserve(w, len))
     return -1;
-  memcpy(w->data + w->len, buf, len);
+  if (len > 0)
+    memcpy(w->data + w->len, buf, len);
   w->len += len;
   return 0;
 }
@@ -57,13 +58,15 @@ bool rpc_zone_init(msgpack_zone *zone, size_t max_message)
 bool rpc_str_is(msgpack_object_str s, const char *lit)
 {
   size_t n = strlen(lit);
-  return s.size == n && memcmp(s.ptr, lit, n) == 0;
+  /* msgpack-c gives an empty string a NULL ptr: never pass it on. */
+  return s.size == n && (n == 0 || memcmp(s.ptr, lit, n) == 0);
 }
 
 char *rpc_str_copy(msgpack_object_str s, char *buf, size_t size)
 {
   size_t n = s.size < size - 1 ? s.size : size - 1;
-  memcpy(buf, s.ptr, n);
+  if (n > 0) /* an empty string's ptr may be NULL */
+    memcpy(buf, s.ptr, n);
   buf[n] = '\0';
   return buf;
 }
@@ -159,7 +162,8 @@ bool rpc_check_keys(const msgpack_object *args, const char *const *allowed,
     for (uint32_t j = 0; j < i && ok; j++) {
       const msgpack_object *k2 = &args->via.map.ptr[j].key;
       if (k2->via.str.size == k->via.str.size &&
-          memcmp(k2->via.str.ptr, k->via.str.ptr, k->via.str.size) == 0) {
+          (k->via.str.size == 0 ||
+           memcmp(k2->via.str.ptr, k->via.str.ptr, k->via.str.size) == 0)) {
         char name[40];
         snprintf(why, why_size, "argument '%s' given twice",
                  rpc_str_copy(k->via.str, name, sizeof(name)));

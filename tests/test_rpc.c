@@ -1,0 +1,84 @@
+/*
+ * Tests for rpc: request decoding edge cases. Regression: msgpack-c gives
+ * an empty string a NULL pointer, which must never reach memcmp/memcpy
+ * (found by the fuzzer; UBSan aborts this test if it does).
+ */
+#include <criterion/criterion.h>
+
+#include "geosteer/protocol.h"
+#include "rpc.h"
+
+Test(rpc, empty_method_and_empty_argument_name)
+{
+  /* [0, 7, "", [{"": "p"}]] */
+  static const char msg[] = "\x94\x00\x07\xa0\x91\x81\xa0\xa1p";
+  msgpack_zone zone;
+  struct rpc_request req;
+  bool known;
+  uint32_t msgid = 0;
+  char why[256], copy[8];
+  static const char *const allowed[] = {"ip", "user", NULL};
+  static const char *const none[] = {NULL};
+
+  cr_assert(rpc_zone_init(&zone, 4096));
+  cr_assert(rpc_decode(msg, sizeof(msg) - 1, &zone, &req, &known, &msgid, why,
+                       sizeof(why)),
+            "%s", why);
+  cr_assert(known);
+  cr_assert_eq(msgid, 7u);
+  cr_assert(rpc_str_is(req.method, ""));
+  cr_assert(!rpc_str_is(req.method, "route"));
+  cr_assert_str_eq(rpc_str_copy(req.method, copy, sizeof(copy)), "");
+  cr_assert(!rpc_check_keys(req.args, allowed, why, sizeof(why)));
+  cr_assert(strstr(why, "unknown argument ''"), "%s", why);
+  cr_assert(!rpc_check_keys(req.args, none, why, sizeof(why)));
+  cr_assert(strstr(why, "takes no arguments"), "%s", why);
+  msgpack_zone_destroy(&zone);
+}
+
+Test(rpc, repeated_empty_argument_names)
+{
+  /* [0, 1, "route", [{"": 1, "": 2}]] */
+  static const char msg[] = "\x94\x00\x01\xa5route\x91\x82\xa0\x01\xa0\x02";
+  msgpack_zone zone;
+  struct rpc_request req;
+  bool known;
+  uint32_t msgid;
+  char why[256];
+  static const char *const allowed[] = {"", NULL};
+
+  cr_assert(rpc_zone_init(&zone, 4096));
+  cr_assert(rpc_decode(msg, sizeof(msg) - 1, &zone, &req, &known, &msgid, why,
+                       sizeof(why)));
+  cr_assert(!rpc_check_keys(req.args, allowed, why, sizeof(why)));
+  cr_assert(strstr(why, "given twice"), "%s", why);
+  msgpack_zone_destroy(&zone);
+}
+
+Test(rpc, refuses_responses_and_bad_envelopes)
+{
+  static const struct {
+    const char *bytes;
+    size_t len;
+  } cases[] = {
+      {"\x94\x01\x01\xc0\xc0", 5}, /* a response */
+      {"\x93\x00\x01\xa4ping", 8}, /* request of 3 */
+      {"\x94\x00\xcf\x00\x00\x00\x01\x00\x00\x00\x00\xa4ping\x90", 16},
+      {"\x94\x00\x01\x01\x90", 5},              /* method not a string */
+      {"\x94\x00\x01\xa4ping\x92\x80\x80", 10}, /* two maps */
+      {"\x94\x00\x01\xa4ping\x91\x01", 9},      /* params [1] */
+  };
+  msgpack_zone zone;
+  cr_assert(rpc_zone_init(&zone, 4096));
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    struct rpc_request req;
+    bool known;
+    uint32_t msgid;
+    char why[256];
+    cr_assert(!rpc_decode(cases[i].bytes, cases[i].len, &zone, &req, &known,
+                          &msgid, why, sizeof(why)),
+              "case %zu accepted", i);
+    msgpack_zone_clear(&zone);
+  }
+  msgpack_zone_destroy(&zone);
+}
