@@ -10,10 +10,23 @@
  * into its predecessor when the answer is the same.
  *
  * Search. keys are sorted range starts; the answer of x is that of the last
- * start <= x. A bucket index over the keys' high bits narrows that to one
- * bucket, searched branch-free. IPv6 keys are the upper 64 bits of starts;
- * where a /64 holds a boundary, its id has FINE_FLAG set and names a fine
- * sub-list keyed by the lower 64 bits.
+ * start <= x, and its scope follows from that start and the next one.
+ * Lookups are independent of each other, so the CPU overlaps the cache
+ * misses of several - unless a mispredicted branch discards the work done
+ * ahead. Both searches therefore take the same steps for every address,
+ * with no branch on the data in the common path:
+ *
+ *  - IPv4: a bucket index on the top 16 bits gives the bucket's first key.
+ *    A bucket of more than V4_WINDOW keys is split further on its next bits
+ *    into slots, each recording its first key (the others all use slot 0,
+ *    which adds nothing). The V4_WINDOW keys from there are compared with x
+ *    at once; only if all are <= x (a rare, very dense slot) does a loop
+ *    go on.
+ *  - IPv6: keys are the upper 64 bits of starts, searched with a static
+ *    B+ tree of one-cache-line nodes (V6_FANOUT keys), the same height on
+ *    every path. IPv6 boundaries cluster too unevenly for a radix index.
+ *    Where a /64 holds a boundary, its id has FINE_FLAG set and names a
+ *    fine sub-list keyed by the lower 64 bits, binary-searched (rare).
  */
 #include "table.h"
 
@@ -21,65 +34,74 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #include "geosteer/geosteer.h"
 
 #define FINE_FLAG 0x80000000u
 #define TABLE_MAX_ANSWERS 65535 /* v4 ids are uint16_t */
-#define BUCKET_TARGET 8         /* keys per bucket aimed for */
-#define BUCKET_BITS_MAX 20
-#define SUB_THRESHOLD 32 /* keys in a v6 bucket before it gets a level 2 */
+#define V4_BUCKET_BITS 16       /* entries keep the other 16 bits */
+#define V4_WINDOW 16            /* v4 entries compared per lookup */
+#define V6_NODE 16              /* words per v6 tree node: two lines */
+#define V6_KEYS 15              /* keys per node, found in 4 halvings */
+#define V6_LEVELS_MAX 16        /* 16^16 nodes: more than any table */
 
-/* IPv4 range start and its answer, packed: 6 bytes, one cache line
- * holds ten, and the id arrives with the key that selects it. */
-struct v4_entry {
-  uint32_t key;
-  uint16_t id;
-} __attribute__((packed));
+struct v4_bucket {
+  uint32_t first; /* index of the bucket's first entry, for offset 0 */
+  uint32_t slots; /* first slot << 5 | shift from offset to slot */
+  /* The scope bounds set by the range in force at the bucket's start,
+   * which may begin before it, and the one at its end: for every x in
+   * the bucket they are the same (see edge_p). */
+  uint8_t p_lo, p_hi;
+};
 
-struct bucketed32 {
-  struct v4_entry *e;
+/*
+ * An entry packs a range start's low 16 bits (its offset in the bucket)
+ * over its answer id, so one read yields both. Each bucket's entries begin
+ * with one for offset 0, so a lookup never leaves its bucket; p_lo and
+ * p_hi keep what the true ends of the ranges cut by that mean for scopes.
+ */
+struct v4_index {
+  uint32_t *entry; /* n + V4_WINDOW: a window never reads past the end */
+  uint32_t n, nranges;
+  struct v4_bucket *bucket; /* 2^V4_BUCKET_BITS + 1; the last has first n */
+  uint16_t *slot; /* first entry of a slot, counted from its bucket's */
+  size_t nslots;
+};
+
+/*
+ * A static B+ tree over the v6 keys, of V6_NODE-word nodes stored level by
+ * level from the root. A leaf holds V6_KEYS keys, key i being word
+ * i % V6_KEYS of leaf i / V6_KEYS, and then the key after them. In an
+ * inner node, word c - 1 is the first key under child c of V6_NODE; the
+ * children of node j are nodes V6_NODE * j + c of the next level. Missing
+ * keys read UINT64_MAX.
+ */
+struct v6_index {
+  uint64_t *node;
+  size_t nnodes;
+  uint32_t *id; /* of key i: answer id, or FINE_FLAG | fine block */
   uint32_t n;
-  uint32_t *bucket; /* nbuckets + 1 entries: first key index of bucket */
-  uint32_t nbuckets;
-  int shift;
+  int levels;                               /* inner levels */
+  const uint64_t *level[V6_LEVELS_MAX + 1]; /* the leaves come last */
 };
 
-struct bucketed64 {
-  uint64_t *key;
-  uint32_t *id;
-  uint32_t n;
-  uint32_t *bucket;
-  uint32_t nbuckets;
-  int shift;
-  uint64_t base; /* keys below base live in bucket 0's prefix */
-  /*
-   * IPv6 boundaries cluster (a few RIR blocks hold most of them), so a
-   * bucket that holds more than SUB_THRESHOLD keys gets its own second
-   * level: sub_of[b] is 1 + its index in subs, or 0.
-   */
-  uint32_t *sub_of;
-  struct sub_index *subs;
-  uint32_t *sub_slots; /* first key index per second-level slot */
-  size_t nsubs, nsub_slots;
-};
-
-struct sub_index {
-  uint32_t first_slot; /* into sub_slots; 2^bits + 1 entries */
-  int shift;           /* slot = (x - bucket start) >> shift */
-};
-
+/* A /64 holding boundaries: its keys (lower 64 bits of starts) laid out
+ * as v6 leaves are, from node `node` of fine_key, key 0 first. */
 struct fine_block {
-  uint32_t first; /* index into fine_key/fine_id */
+  uint32_t node;
   uint32_t n;
 };
 
 struct table {
-  struct bucketed32 v4;
-  struct bucketed64 v6;
-  uint64_t *fine_key;
-  uint32_t *fine_id;
+  struct v4_index v4;
+  struct v6_index v6;
+  uint64_t *fine_key; /* nfine_nodes of V6_NODE words */
+  uint32_t *fine_id;  /* V6_KEYS per node */
   struct fine_block *fine;
-  size_t nfine, nfine_keys;
+  size_t nfine, nfine_keys, nfine_nodes;
   struct answer *answers;
   size_t nanswers;
   struct dc *dcs; /* copy of the map's data centers */
@@ -313,105 +335,202 @@ static int on_leaf(void *ctx, addr128 s, int plen, const struct geo_loc *loc,
   return 0;
 }
 
-static int bucket_bits_for(size_t n)
+/* realloc to size bytes (at least 1); on failure sets *rc, keeps p. */
+static void *resize(void *p, size_t size, int *rc)
 {
-  int bits = 4;
-  while (bits < BUCKET_BITS_MAX && ((size_t)1 << bits) * BUCKET_TARGET < n)
+  void *q = realloc(p, size ? size : 1);
+  if (q == NULL) {
+    *rc = GS_ERR_NOMEM;
+    return p;
+  }
+  return q;
+}
+
+/* Most of the n entries at e that share one slot, e >> shift. */
+static uint32_t most_per_slot(const uint32_t *e, uint32_t n, int shift)
+{
+  uint32_t most = 0, run = 0;
+  for (uint32_t j = 0; j < n; j++) {
+    run = j > 0 && e[j] >> shift == e[j - 1] >> shift ? run + 1 : 1;
+    if (run > most)
+      most = run;
+  }
+  return most;
+}
+
+/*
+ * Slot bits for a bucket of n entries: the fewest that leave no slot above
+ * V4_WINDOW entries, within one slot per entry (so slots never cost more
+ * than 2 bytes an entry); 0 for a bucket that fits one window. A slot
+ * still too full after that is left to the slow loop.
+ */
+static int slot_bits_for(const uint32_t *e, uint32_t n)
+{
+  int bits = 0;
+
+  if (n <= V4_WINDOW)
+    return 0;
+  /* Fewer than n / V4_WINDOW slots cannot do. */
+  while (((uint64_t)V4_WINDOW << (bits + 1)) <= n)
     bits++;
+  while (bits < 32 - V4_BUCKET_BITS && ((uint64_t)2 << bits) <= n) {
+    bits++;
+    if (most_per_slot(e, n, 32 - bits) <= V4_WINDOW)
+      break;
+  }
   return bits;
 }
 
-static int index32(struct bucketed32 *k)
+/*
+ * p_above() for 32-bit keys, as a word whose clz is 31 + p (2^32 for
+ * p = 0): the smaller word has the larger p.
+ */
+static inline uint64_t word_above(uint32_t x, uint32_t lo)
 {
-  int bits = bucket_bits_for(k->n);
+  return lo ? (x ^ lo) | (lo & -lo) : (uint64_t)1 << 32;
+}
 
-  k->shift = 32 - bits;
-  k->nbuckets = 1u << bits;
-  k->bucket = malloc((k->nbuckets + 1) * sizeof(*k->bucket));
-  if (k->bucket == NULL)
+/*
+ * The scope bound from a range starting at lo <= x, for x in the bucket
+ * starting at bs. lo < bs differs from bs in its upper 16 bits, which
+ * alone then decide; lo == bs has its lowest one bit at 16 or above, which
+ * decides over x's offset. Either way x's lower bits do not count.
+ */
+static uint8_t edge_p(uint32_t bs, uint32_t lo)
+{
+  return (uint8_t)(__builtin_clzll(word_above(bs, lo)) - 31);
+}
+
+/* Builds the v4 index from b's first n4 ranges. */
+static int build_v4(struct v4_index *k, const struct builder *b, size_t n4)
+{
+  const uint32_t nb = 1u << V4_BUCKET_BITS, span = 1u << (32 - V4_BUCKET_BITS);
+  size_t n = 0, r = 0, nslots = 1; /* slot 0 is shared */
+  uint8_t *sbits = malloc(nb);
+  int rc = 0;
+
+  k->nranges = (uint32_t)n4;
+  k->entry = malloc((n4 + nb + V4_WINDOW) * sizeof(*k->entry));
+  k->bucket = malloc((nb + 1) * sizeof(*k->bucket));
+  if (sbits == NULL || k->entry == NULL || k->bucket == NULL) {
+    free(sbits);
     return GS_ERR_NOMEM;
-  uint32_t i = 0;
-  for (uint32_t b = 0; b < k->nbuckets; b++) {
-    uint64_t first = (uint64_t)b << k->shift;
-    while (i < k->n && k->e[i].key < first)
-      i++;
-    k->bucket[b] = i;
   }
-  k->bucket[k->nbuckets] = k->n;
+  for (uint32_t i = 0; i < nb; i++) {
+    struct v4_bucket *bk = &k->bucket[i];
+    addr128 start = (addr128)i * span, last = start + span - 1;
+    while (r < n4 && b->start[r] <= start)
+      r++; /* r >= 1: b->start[0] is 0 */
+    bk->first = (uint32_t)n;
+    bk->p_lo = edge_p((uint32_t)start, (uint32_t)b->start[r - 1]);
+    k->entry[n++] = b->id[r - 1];
+    for (; r < n4 && b->start[r] <= last; r++)
+      k->entry[n++] = (uint32_t)(b->start[r] - start) << 16 | b->id[r];
+    /* The same for the end, upside down: ~hi <= ~x. */
+    bk->p_hi =
+        edge_p(~(uint32_t)last, r < n4 ? ~((uint32_t)b->start[r] - 1) : 0);
+    sbits[i] = (uint8_t)slot_bits_for(&k->entry[bk->first], n - bk->first);
+    /* The slot number is stored in 27 bits. */
+    if (nslots + ((size_t)1 << sbits[i]) >= (size_t)1 << 27)
+      sbits[i] = 0;
+    nslots += sbits[i] > 0 ? (size_t)1 << sbits[i] : 0;
+  }
+  k->bucket[nb] = (struct v4_bucket){(uint32_t)n, 0, 0, 0};
+  k->n = (uint32_t)n;
+  k->entry = resize(k->entry, (n + V4_WINDOW) * sizeof(*k->entry), &rc);
+  k->slot = malloc(nslots * sizeof(*k->slot));
+  if (rc != 0 || k->slot == NULL) {
+    free(sbits);
+    return GS_ERR_NOMEM;
+  }
+  memset(&k->entry[n], 0, V4_WINDOW * sizeof(*k->entry));
+  k->nslots = nslots;
+  k->slot[0] = 0;
+  size_t s = 1;
+  for (uint32_t i = 0; i < nb; i++) {
+    uint32_t first = k->bucket[i].first, cnt = k->bucket[i + 1].first - first;
+    uint32_t j = 0;
+    int bits = sbits[i];
+    /* Without slots, the shift sends any offset to slot 0. */
+    k->bucket[i].slots = (bits > 0 ? (uint32_t)s << 5 : 0) | (16u - bits);
+    for (uint32_t sl = 0; bits > 0 && sl < (1u << bits); sl++) {
+      while (j < cnt && k->entry[first + j] >> (32 - bits) < sl)
+        j++;
+      k->slot[s++] = (uint16_t)j;
+    }
+  }
+  free(sbits);
   return 0;
 }
 
-static int index64_level2(struct bucketed64 *k)
+static int index_v6(struct v6_index *k, const uint64_t *key)
 {
-  size_t slots = 0;
+  size_t level_n[V6_LEVELS_MAX + 1], total = 0;
+  size_t span = 1; /* leaves under a child of a node of level l */
+  int h = 0, rc = 0;
 
-  k->sub_of = calloc(k->nbuckets, sizeof(*k->sub_of));
-  if (k->sub_of == NULL)
-    return GS_ERR_NOMEM;
-  for (uint32_t b = 0; b < k->nbuckets; b++) {
-    uint32_t count = k->bucket[b + 1] - k->bucket[b];
-    if (count > SUB_THRESHOLD && k->shift > 0) {
-      int bits = bucket_bits_for(count);
-      if (bits > k->shift)
-        bits = k->shift;
-      slots += ((size_t)1 << bits) + 1;
-      k->nsubs++;
-    }
+  k->id = resize(k->id, k->n * sizeof(*k->id), &rc);
+  if (rc != 0)
+    return rc;
+  /* level_n counts up from the leaves, level down from the root */
+  level_n[0] = (k->n + V6_KEYS - 1) / V6_KEYS;
+  while (level_n[h] > 1) {
+    level_n[h + 1] = (level_n[h] + V6_NODE - 1) / V6_NODE;
+    h++;
   }
-  if (k->nsubs == 0)
-    return 0;
-  k->subs = malloc(k->nsubs * sizeof(*k->subs));
-  k->sub_slots = malloc(slots * sizeof(*k->sub_slots));
-  if (k->subs == NULL || k->sub_slots == NULL)
+  k->levels = h;
+  for (int l = h; l >= 0; l--)
+    total += level_n[l];
+  k->nnodes = total;
+  k->node = malloc(total * V6_NODE * sizeof(*k->node));
+  if (k->node == NULL)
     return GS_ERR_NOMEM;
-  k->nsub_slots = slots;
-  size_t si = 0, slot = 0;
-  for (uint32_t b = 0; b < k->nbuckets; b++) {
-    uint32_t lo = k->bucket[b], hi = k->bucket[b + 1];
-    if (hi - lo <= SUB_THRESHOLD || k->shift == 0)
-      continue;
-    int bits = bucket_bits_for(hi - lo);
-    if (bits > k->shift)
-      bits = k->shift;
-    struct sub_index *sub = &k->subs[si];
-    uint64_t start = k->base + ((uint64_t)b << k->shift);
-    sub->first_slot = (uint32_t)slot;
-    sub->shift = k->shift - bits;
-    uint32_t i = lo;
-    for (uint64_t sl = 0; sl < ((uint64_t)1 << bits); sl++) {
-      while (i < hi && ((k->key[i] - start) >> sub->shift) < sl)
-        i++;
-      k->sub_slots[slot++] = i;
-    }
-    k->sub_slots[slot++] = hi;
-    k->sub_of[b] = (uint32_t)++si;
+  for (int l = 0; l <= h; l++) {
+    uint64_t *w = &k->node[(total -= level_n[l]) * V6_NODE];
+    k->level[h - l] = w;
+    for (size_t j = 0; j < level_n[l]; j++)
+      for (size_t c = 0; c < V6_NODE; c++) {
+        /* A leaf's word c is key c; an inner one's, under child c + 1. */
+        size_t i =
+            l == 0 ? j * V6_KEYS + c : (j * V6_NODE + c + 1) * span * V6_KEYS;
+        bool has = i < k->n && (l == 0 || c < V6_KEYS);
+        *w++ = has ? key[i] : UINT64_MAX;
+      }
+    span *= l == 0 ? 1 : V6_NODE;
   }
   return 0;
 }
 
-static int index64(struct bucketed64 *k)
+/* Lays out the fine blocks, still one flat list, in nodes. */
+static int nodes_fine(struct table *t)
 {
-  int bits = bucket_bits_for(k->n);
-  uint64_t span;
+  uint64_t *key = t->fine_key;
+  uint32_t *id = t->fine_id;
+  size_t nodes = 0;
 
-  /* key[0] is 0 (the start of the space); index from the next key on. */
-  k->base = k->n > 1 ? k->key[1] : 0;
-  span = k->n > 1 ? k->key[k->n - 1] - k->base : 0;
-  k->shift = 0;
-  while (k->shift < 64 && (span >> k->shift) >= ((uint64_t)1 << bits))
-    k->shift++;
-  k->nbuckets = 1u << bits;
-  k->bucket = malloc((k->nbuckets + 1) * sizeof(*k->bucket));
-  if (k->bucket == NULL)
-    return GS_ERR_NOMEM;
-  uint32_t i = k->n > 1 ? 1 : k->n;
-  for (uint32_t b = 0; b < k->nbuckets; b++) {
-    while (i < k->n && ((k->key[i] - k->base) >> k->shift) < b)
-      i++;
-    k->bucket[b] = i;
+  for (size_t f = 0; f < t->nfine; f++)
+    nodes += (t->fine[f].n + V6_KEYS - 1) / V6_KEYS;
+  t->nfine_nodes = nodes;
+  t->fine_key = malloc((nodes ? nodes : 1) * V6_NODE * sizeof(*key));
+  t->fine_id = malloc((nodes ? nodes : 1) * V6_KEYS * sizeof(*id));
+  if (t->fine_key != NULL && t->fine_id != NULL) {
+    for (size_t f = 0, nd = 0; f < t->nfine; f++) {
+      struct fine_block *fb = &t->fine[f];
+      size_t first = fb->node;
+      fb->node = (uint32_t)nd;
+      for (size_t c = 0; c < (fb->n + V6_KEYS - 1) / V6_KEYS * V6_NODE; c++) {
+        size_t k = c / V6_NODE * V6_KEYS + c % V6_NODE; /* key k of fb */
+        t->fine_key[nd * V6_NODE + c] = k < fb->n ? key[first + k] : UINT64_MAX;
+        if (c % V6_NODE < V6_KEYS && k < fb->n)
+          t->fine_id[nd * V6_KEYS + c / V6_NODE * V6_KEYS + c % V6_NODE] =
+              id[first + k];
+      }
+      nd += (fb->n + V6_KEYS - 1) / V6_KEYS;
+    }
   }
-  k->bucket[k->nbuckets] = k->n;
-  return index64_level2(k);
+  free(key);
+  free(id);
+  return t->fine_key && t->fine_id ? 0 : GS_ERR_NOMEM;
 }
 
 /* Splits the full range list into the v4 and v6 key lists. */
@@ -420,16 +539,12 @@ static int split(struct table *t, struct builder *b)
   size_t n4 = 0, i;
   const addr128 v4_end = (addr128)1 << 32;
 
+  /* b->start[0] is 0: the walk tiles the space, so n4 >= 1. */
   while (n4 < b->n && b->start[n4] < v4_end)
     n4++;
-  t->v4.n = (uint32_t)n4;
-  t->v4.e = malloc((n4 ? n4 : 1) * sizeof(struct v4_entry));
-  if (t->v4.e == NULL)
-    return GS_ERR_NOMEM;
-  for (i = 0; i < n4; i++) {
-    t->v4.e[i].key = (uint32_t)b->start[i];
-    t->v4.e[i].id = (uint16_t)b->id[i];
-  }
+  int rc = build_v4(&t->v4, b, n4);
+  if (rc != 0)
+    return rc;
 
   /*
    * v6: the ::/96 part is never searched here (IPv4 goes to v4), so the
@@ -437,13 +552,13 @@ static int split(struct table *t, struct builder *b)
    * Worst case every range is its own key plus one fine entry.
    */
   size_t cap = 2 * (b->n - n4) + 2;
-  t->v6.key = malloc(cap * sizeof(uint64_t));
+  uint64_t *key = malloc(cap * sizeof(uint64_t));
   t->v6.id = malloc(cap * sizeof(uint32_t));
   t->fine_key = malloc(2 * cap * sizeof(uint64_t));
   t->fine_id = malloc(2 * cap * sizeof(uint32_t));
   t->fine = malloc(cap * sizeof(struct fine_block));
-  if (!t->v6.key || !t->v6.id || !t->fine_key || !t->fine_id || !t->fine)
-    return GS_ERR_NOMEM;
+  if (!key || !t->v6.id || !t->fine_key || !t->fine_id || !t->fine)
+    goto nomem;
 
   uint32_t n6 = 0;
   uint32_t carry = b->id[n4 - 1]; /* answer in force entering block h */
@@ -459,12 +574,12 @@ static int split(struct table *t, struct builder *b)
     if (!fine) {
       uint32_t id = j == i ? carry : b->id[i];
       if (n6 == 0 || t->v6.id[n6 - 1] != id) {
-        t->v6.key[n6] = h;
+        key[n6] = h;
         t->v6.id[n6++] = id;
       }
     } else {
       struct fine_block *fb = &t->fine[t->nfine];
-      fb->first = (uint32_t)t->nfine_keys;
+      fb->node = (uint32_t)t->nfine_keys; /* the first key, for now */
       if (addr_lo(b->start[i]) != 0) {
         t->fine_key[t->nfine_keys] = 0;
         t->fine_id[t->nfine_keys++] = carry;
@@ -473,8 +588,8 @@ static int split(struct table *t, struct builder *b)
         t->fine_key[t->nfine_keys] = addr_lo(b->start[k]);
         t->fine_id[t->nfine_keys++] = b->id[k];
       }
-      fb->n = (uint32_t)t->nfine_keys - fb->first;
-      t->v6.key[n6] = h;
+      fb->n = (uint32_t)t->nfine_keys - fb->node;
+      key[n6] = h;
       t->v6.id[n6++] = FINE_FLAG | (uint32_t)t->nfine++;
     }
     if (j > i)
@@ -491,15 +606,13 @@ static int split(struct table *t, struct builder *b)
     h = addr_hi(b->start[i]);
   }
   t->v6.n = n6;
-  return 0;
-}
-
-static int build_index(struct table *t)
-{
-  int rc = index32(&t->v4);
-  if (rc == 0)
-    rc = index64(&t->v6);
-  return rc;
+  rc = index_v6(&t->v6, key);
+  free(key);
+  t->fine = resize(t->fine, t->nfine * sizeof(struct fine_block), &rc);
+  return rc != 0 ? rc : nodes_fine(t);
+nomem:
+  free(key);
+  return GS_ERR_NOMEM;
 }
 
 static int copy_dcs(struct table *t, const struct dcmap *m)
@@ -522,6 +635,27 @@ static double now_seconds(void)
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Every byte the table holds, as allocated. */
+static size_t table_bytes(const struct table *t)
+{
+  size_t bytes = sizeof(*t);
+
+  bytes += (t->v4.n + V4_WINDOW) * sizeof(*t->v4.entry) +
+           ((1u << V4_BUCKET_BITS) + 1) * sizeof(*t->v4.bucket) +
+           t->v4.nslots * sizeof(*t->v4.slot);
+  bytes += t->v6.nnodes * V6_NODE * sizeof(*t->v6.node) +
+           t->v6.n * sizeof(*t->v6.id);
+  /* resize() keeps at least one byte of an empty list */
+  bytes +=
+      (t->nfine_nodes ? t->nfine_nodes : 1) *
+          (V6_NODE * sizeof(*t->fine_key) + V6_KEYS * sizeof(*t->fine_id)) +
+      (t->nfine ? t->nfine * sizeof(struct fine_block) : 1);
+  bytes += t->nanswers * sizeof(struct answer) + t->ndcs * sizeof(struct dc);
+  for (size_t i = 0; i < t->ndcs; i++)
+    bytes += strlen(t->dcs[i].endpoint) + 1;
+  return bytes;
 }
 
 int table_build(const struct dcmap *m, struct geo *g, struct table **out,
@@ -555,28 +689,21 @@ int table_build(const struct dcmap *m, struct geo *g, struct table **out,
   rc = geo_walk(g, on_leaf, &b, &nrecords);
   if (rc != 0)
     goto fail;
-  if ((rc = split(t, &b)) != 0 || (rc = build_index(t)) != 0 ||
-      (rc = copy_dcs(t, m)) != 0)
+  if ((rc = split(t, &b)) != 0 || (rc = copy_dcs(t, m)) != 0)
     goto fail;
 
-  t->answers = b.answers;
+  t->answers = resize(b.answers, b.nanswers * sizeof(struct answer), &rc);
   t->nanswers = b.nanswers;
   b.answers = NULL;
-  t->stats.ranges_v4 = t->v4.n;
+  if (rc != 0)
+    goto fail;
+  t->stats.ranges_v4 = t->v4.nranges;
   t->stats.ranges_v6 = t->v6.n;
   t->stats.fine_keys = t->nfine_keys;
-  t->stats.ranges = t->v4.n + t->v6.n + t->nfine_keys - t->nfine;
+  t->stats.ranges = t->v4.nranges + t->v6.n + t->nfine_keys - t->nfine;
   t->stats.answers = t->nanswers;
   t->stats.records = nrecords;
-  t->stats.bytes =
-      sizeof(*t) + t->v4.n * sizeof(struct v4_entry) +
-      (t->v4.nbuckets + 1) * 4 + t->v6.n * 12 + (t->v6.nbuckets + 1) * 4 +
-      t->v6.nbuckets * 4 + t->v6.nsubs * sizeof(struct sub_index) +
-      t->v6.nsub_slots * 4 + t->nfine_keys * 12 +
-      t->nfine * sizeof(struct fine_block) +
-      t->nanswers * sizeof(struct answer) + t->ndcs * sizeof(struct dc);
-  for (size_t i = 0; i < t->ndcs; i++)
-    t->stats.bytes += strlen(t->dcs[i].endpoint) + 1;
+  t->stats.bytes = table_bytes(t);
   t->stats.build_seconds = now_seconds() - t0;
   rc = 0;
   *out = t;
@@ -609,14 +736,11 @@ void table_free(struct table *t)
 {
   if (t == NULL)
     return;
-  free(t->v4.e);
+  free(t->v4.entry);
   free(t->v4.bucket);
-  free(t->v6.key);
+  free(t->v4.slot);
+  free(t->v6.node);
   free(t->v6.id);
-  free(t->v6.bucket);
-  free(t->v6.sub_of);
-  free(t->v6.subs);
-  free(t->v6.sub_slots);
   free(t->fine_key);
   free(t->fine_id);
   free(t->fine);
@@ -629,35 +753,26 @@ void table_free(struct table *t)
 
 /* ---- search ----------------------------------------------------------- */
 
-static inline int clz128(addr128 x)
-{
-  uint64_t hi = addr_hi(x), lo = addr_lo(x);
-  if (hi)
-    return __builtin_clzll(hi);
-  return lo ? 64 + __builtin_clzll(lo) : 128;
-}
-
-static inline int ctz128(addr128 x)
-{
-  uint64_t hi = addr_hi(x), lo = addr_lo(x);
-  if (lo)
-    return __builtin_ctzll(lo);
-  return hi ? 64 + __builtin_ctzll(hi) : 128;
-}
-
 /*
- * Shortest prefix length p such that the whole p-block around a lies in
- * [lo, hi]. At p <= common(a, lo) the block starts at lo's prefix, which is
- * >= lo only if lo's remaining bits are zero; past that it is > lo.
- * Likewise for hi with one bits.
+ * The scope: the shortest p such that the p-block around x lies in
+ * [lo, hi], taken 64 bits at a time. For the block to start at lo or
+ * above, p must take in lo's lowest one bit or the first bit where x is
+ * above lo, whichever is higher: clz of their OR, plus 1. p_below() is
+ * the same for hi, its zero bits and x below it.
  */
-static inline int scope_of(addr128 a, addr128 lo, addr128 hi)
+static inline int p_above(uint64_t x, uint64_t lo)
 {
-  int p0 = clz128(a ^ lo), cand_lo = 128 - ctz128(lo);
-  int q0 = clz128(a ^ hi), cand_hi = 128 - ctz128(~hi);
-  int p_lo = cand_lo <= p0 ? cand_lo : p0 + 1;
-  int p_hi = cand_hi <= q0 ? cand_hi : q0 + 1;
-  return p_lo > p_hi ? p_lo : p_hi;
+  return lo ? __builtin_clzll((x ^ lo) | (lo & -lo)) + 1 : 0;
+}
+
+static inline int p_below(uint64_t x, uint64_t hi)
+{
+  return p_above(~x, ~hi);
+}
+
+static inline int max_int(int a, int b)
+{
+  return a > b ? a : b;
 }
 
 /*
@@ -680,64 +795,182 @@ static inline int scope_of(addr128 a, addr128 lo, addr128 hi)
     (out) = at_;                                                               \
   } while (0)
 
-#define V4_KEY(i) (k->e[(i)].key)
-#define V6_KEY(i) (k->key[(i)])
-#define FINE_KEY(i) (t->fine_key[(i)])
+#define V4_KEY(i) (k->entry[(i)] >> 16)
+
+/*
+ * Entries <= xk among the V4_WINDOW at e, of which the first len (if
+ * fewer) are in the bucket: beyond that offsets start again from 0.
+ */
+static inline unsigned count_le(const uint32_t *e, uint32_t xk, size_t len)
+{
+  unsigned past = ~0u << (len < V4_WINDOW ? len : V4_WINDOW);
+#ifdef __SSE2__
+  /* SSE2 compares signed: flip the top bits to compare unsigned. */
+  const __m128i flip = _mm_set1_epi32(INT32_MIN);
+  const __m128i xv = _mm_xor_si128(_mm_set1_epi32((int)xk), flip);
+  const __m128i *v = (const __m128i *)(const void *)e;
+#define GT(q) _mm_cmpgt_epi32(_mm_xor_si128(_mm_loadu_si128(v + (q)), flip), xv)
+  __m128i gt = _mm_packs_epi16(_mm_packs_epi32(GT(0), GT(1)),
+                               _mm_packs_epi32(GT(2), GT(3)));
+#undef GT
+  unsigned above = past | (unsigned)_mm_movemask_epi8(gt) | 1u << V4_WINDOW;
+  return (unsigned)__builtin_ctz(above); /* sorted: the first above x */
+#else
+  unsigned c = 0;
+  for (int j = 0; j < V4_WINDOW; j++)
+    c += !(past >> j & 1) && e[j] <= xk;
+  return c;
+#endif
+}
+
+/* Keys <= x among the V6_KEYS at s: halving, without branches. */
+static inline size_t search_node(const uint64_t *s, uint64_t x)
+{
+  /* Arithmetic rather than ?:, which compilers may turn into branches. */
+  size_t c = (size_t)(s[7] <= x) * 8;
+  c += (size_t)(s[c + 3] <= x) * 4;
+  c += (size_t)(s[c + 1] <= x) * 2;
+  return c + (s[c] <= x);
+}
+
+/*
+ * The IPv4 scope, as a word whose clz is 31 + the scope. For each end the
+ * word is p_above()'s OR (or 2^32 for p = 0), and the larger p has the
+ * smaller word. Within a bucket, lo and hi share x's upper 16 bits; the
+ * words for the ranges cut at its edges come from the bucket's p_lo and
+ * p_hi and are ready before the entries are, so that little waits on
+ * their load.
+ */
+
+/* c ? a : b without a branch, which would be mispredicted often. */
+static inline uint64_t pick(bool c, uint64_t a, uint64_t b)
+{
+  return b ^ ((a ^ b) & -(uint64_t)c);
+}
+
+static const struct answer *v4_answer(const struct table *t,
+                                      const struct v4_bucket *bk, uint32_t x,
+                                      size_t i, uint8_t *scope)
+{
+  const uint32_t *e = &t->v4.entry[i];
+  uint32_t off = x & 0xffff, s = e[0] >> 16, next = e[1] >> 16;
+  uint64_t lo_edge = (uint64_t)1 << (32 - bk->p_lo);
+  uint64_t hi_edge = (uint64_t)1 << (32 - bk->p_hi);
+  /* For hi = next - 1, its lowest zero bit is next's lowest one. */
+  uint64_t a = pick(i == bk->first, lo_edge, (off ^ s) | (s & -s));
+  uint64_t b =
+      pick(i + 1 == bk[1].first, hi_edge, (off ^ (next - 1)) | (next & -next));
+  *scope = (uint8_t)(__builtin_clzll(a < b ? a : b) - 31);
+  return &t->answers[e[0] & 0xffff];
+}
+
+/* x in a slot too dense for one window: search the whole bucket. Out of
+ * line, so that the common path need not save registers for it. */
+__attribute__((noinline)) static const struct answer *
+lookup_v4_dense(const struct table *t, uint32_t x, uint8_t *scope)
+{
+  const struct v4_index *k = &t->v4;
+  const struct v4_bucket *bk = &k->bucket[x >> V4_BUCKET_BITS];
+  size_t i;
+  LAST_LE(V4_KEY, bk->first, bk[1].first, x & 0xffff, i);
+  return v4_answer(t, bk, x, i, scope);
+}
+
+static const struct answer *lookup_v4(const struct table *t, uint32_t x,
+                                      uint8_t *scope)
+{
+  const struct v4_index *k = &t->v4;
+  const struct v4_bucket *bk = &k->bucket[x >> V4_BUCKET_BITS];
+  uint32_t off = x & 0xffff, sl = bk->slots;
+  size_t f = bk->first + k->slot[(sl >> 5) + (off >> (sl & 31))];
+  /* Entries past the slot are above x; the bucket's first is not, so
+   * it is never passed. All V4_WINDOW at most x: there may be more. */
+  unsigned c = count_le(&k->entry[f], off << 16 | 0xffff, bk[1].first - f);
+  if (c == V4_WINDOW)
+    return lookup_v4_dense(t, x, scope);
+  return v4_answer(t, bk, x, f + c - 1, scope);
+}
+
+/*
+ * An IPv6 address whose /64 x holds boundaries: search the block for the
+ * lower 64 bits y. The first range of a block runs from its start (key 0)
+ * and the last to its end, which the scope takes as lo and hi.
+ */
+static const struct answer *lookup_fine(const struct table *t, addr128 a,
+                                        uint32_t id, uint8_t *scope)
+{
+  const struct fine_block *fb = &t->fine[id & ~FINE_FLAG];
+  uint64_t x = addr_hi(a), y = addr_lo(a);
+  size_t nd = fb->node, last = fb->node + (fb->n - 1) / V6_KEYS;
+  while (nd < last && t->fine_key[(nd + 1) * V6_NODE] <= y)
+    nd++; /* only blocks of more than V6_KEYS keys have several nodes */
+  const uint64_t *w = &t->fine_key[nd * V6_NODE];
+  size_t k = (nd - fb->node) * V6_KEYS, c = search_node(w, y) - 1;
+  if (k + c >= fb->n) /* y = UINT64_MAX counts the padding */
+    c = fb->n - k - 1;
+  k += c; /* key k of the block */
+  int p_lo = w[c] ? 64 + p_above(y, w[c]) : p_above(x, x);
+  int p_hi = k + 1 < fb->n ? 64 + p_below(y, w[c + 1] - 1) : p_below(x, x);
+  *scope = (uint8_t)max_int(p_lo, p_hi);
+  return &t->answers[t->fine_id[nd * V6_KEYS + c]];
+}
+
+/* Out of line: the common paths of table_lookup need no registers saved. */
+__attribute__((noinline)) static const struct answer *
+lookup_v6(const struct table *t, addr128 a, uint8_t *scope)
+{
+  const struct v6_index *k = &t->v6;
+  const uint64_t *leaf = k->level[k->levels];
+  uint64_t x = addr_hi(a);
+  size_t j = 0, c;
+
+  if (x != UINT64_MAX) {
+    /* The same number of levels for every x. */
+    for (int l = 0; l < k->levels; l++)
+      j = j * V6_NODE + search_node(k->level[l] + j * V6_NODE, x);
+    leaf += j * V6_NODE;
+    __builtin_prefetch(&k->id[j * V6_KEYS]);
+    c = search_node(leaf, x) - 1; /* a leaf's first key is <= x */
+  } else { /* the padding would count too: the last key is the one */
+    j = (k->n - 1) / V6_KEYS;
+    c = (k->n - 1) % V6_KEYS;
+    leaf += j * V6_NODE;
+  }
+  size_t i = j * V6_KEYS + c;
+  uint64_t hi = i + 1 < k->n ? leaf[c + 1] - 1 : UINT64_MAX;
+  uint32_t id = k->id[i];
+  if (id & FINE_FLAG)
+    return lookup_fine(t, a, id, scope);
+  *scope = (uint8_t)max_int(p_above(x, leaf[c]), p_below(x, hi));
+  return &t->answers[id];
+}
+
+/* Normalises a and looks it up; out of line, see table_lookup. */
+__attribute__((noinline)) static const struct answer *
+lookup_alias(const struct table *t, addr128 a, uint8_t *scope)
+{
+  a = addr_normalize(a);
+  if (addr_is_v4(a))
+    return lookup_v4(t, (uint32_t)a, scope);
+  return lookup_v6(t, a, scope);
+}
 
 const struct answer *table_lookup(const struct table *t, addr128 a,
                                   uint8_t *scope)
 {
-  a = addr_normalize(a);
-  if (addr_is_v4(a)) {
-    const struct bucketed32 *k = &t->v4;
-    uint32_t x = (uint32_t)a, b = x >> k->shift;
-    size_t i;
-    LAST_LE(V4_KEY, k->bucket[b], k->bucket[b + 1], x, i);
-    addr128 lo = (addr128)k->e[i].key << 96;
-    addr128 hi = i + 1 < k->n ? ((addr128)(k->e[i + 1].key - 1) << 96)
-                              : ((addr128)UINT32_MAX << 96);
-    *scope =
-        (uint8_t)scope_of((addr128)x << 96, lo, hi | (((addr128)1 << 96) - 1));
-    return &t->answers[k->e[i].id];
-  }
+  uint64_t hi = addr_hi(a);
 
-  const struct bucketed64 *k = &t->v6;
-  uint64_t x = addr_hi(a);
-  size_t i;
-  if (x < k->base) {
-    i = 0;
-  } else {
-    uint64_t b = (x - k->base) >> k->shift;
-    if (b >= k->nbuckets)
-      b = k->nbuckets - 1;
-    uint32_t sub = k->sub_of[b];
-    if (sub == 0) {
-      LAST_LE(V6_KEY, k->bucket[b], k->bucket[b + 1], x, i);
-    } else {
-      const struct sub_index *si = &k->subs[sub - 1];
-      uint64_t off = x - k->base - (b << k->shift);
-      const uint32_t *slot = &k->sub_slots[si->first_slot + (off >> si->shift)];
-      LAST_LE(V6_KEY, slot[0], slot[1], x, i);
-    }
-  }
-  uint32_t id = k->id[i];
-  if (!(id & FINE_FLAG)) {
-    addr128 lo = (addr128)k->key[i] << 64;
-    addr128 hi =
-        i + 1 < k->n ? ((addr128)k->key[i + 1] << 64) - 1 : ~(addr128)0;
-    *scope = (uint8_t)scope_of(a, lo, hi);
-    return &t->answers[id];
-  }
-  const struct fine_block *fb = &t->fine[id & ~FINE_FLAG];
-  uint64_t y = addr_lo(a);
-  size_t j;
-  LAST_LE(FINE_KEY, fb->first, fb->first + fb->n, y, j);
-  addr128 base = (addr128)x << 64;
-  addr128 lo = base | t->fine_key[j];
-  addr128 hi = j + 1 < fb->first + fb->n ? (base | t->fine_key[j + 1]) - 1
-                                         : base | UINT64_MAX;
-  *scope = (uint8_t)scope_of(a, lo, hi);
-  return &t->answers[t->fine_id[j]];
+  /*
+   * No alias space lies in ::/96, so plain IPv4 skips the normalising.
+   * Otherwise addr_normalize() changes only addresses with upper bits 0
+   * (IPv4-mapped) or in 2002::/16 and 2001::/32 (6to4, Teredo): the rest
+   * skip it too. Keep this in step with addr.c.
+   */
+  if ((hi | addr_lo(a) >> 32) == 0)
+    return lookup_v4(t, (uint32_t)a, scope);
+  if (hi != 0 && hi >> 48 != 0x2002 && hi >> 32 != 0x20010000)
+    return lookup_v6(t, a, scope);
+  return lookup_alias(t, a, scope);
 }
 
 const struct answer *table_answer(const struct table *t, size_t id)

@@ -10,8 +10,10 @@
  * Storage: IPv4 (::/96) ranges are keyed by 32-bit starts; the rest by the
  * upper 64 bits of their starts, with a "fine" sub-list keyed by the lower
  * 64 bits for the rare /64 block in which a boundary falls (a long map net,
- * for instance). Each key list has a bucket index on its high bits so a
- * lookup reads one bucket slot and searches a few dozen keys.
+ * for instance). IPv4 has a bucket index on the top 16 bits (split further
+ * where a bucket is dense), so a lookup compares one window of 16 keys;
+ * IPv6 keys sit in a static B+ tree whose paths all have the same length.
+ * Neither search branches on the data, so lookups overlap in the CPU.
  *
  * Invariants: a built table is immutable and self-contained (it copies what
  * it needs from the map); table_lookup() does not allocate, lock, log or
