@@ -82,6 +82,7 @@ struct snapshot {
   struct wbuf frags;
   uint32_t dc_frag[DCMAP_MAX_DCS][2];        /* offset, length */
   uint32_t reason_frag[GS_REASON_COUNT_][2]; /* offset, length */
+  uint16_t share_dc[DCMAP_MAX_DCS];          /* see share_dc() */
 };
 
 struct worker {

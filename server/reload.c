@@ -167,6 +167,7 @@ static int publish(struct daemon *d, struct snapshot *s)
       calloc((size_t)d->cfg->workers * ndcs, sizeof(*s->dc_answers));
   if (s->dc_answers == NULL)
     return GS_ERR_NOMEM;
+  share_name_dcs(d, s);
   for (size_t i = 0; i < d->ndrained; i++) {
     int dc = dcmap_find_dc(s->map, d->drained_ids[i]);
     if (dc >= 0)

@@ -329,7 +329,7 @@ static void route(struct worker *w, struct conn *c,
   }
   STAT_ADD(w->stats.reasons[reason], 1);
   if (share_loc && w->share)
-    share_offer(w->share, m->dcs[dcs[0]].id, share_loc, ra.session,
+    share_offer(w->share, s->share_dc[dcs[0]], share_loc, ra.session,
                 ra.session_len);
   STAT_ADD(s->dc_answers[(size_t)w->index * m->ndcs + dcs[0]], 1);
 

@@ -21,19 +21,28 @@
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 30000
 
+/*
+ * 20 bytes: under load the rings and the queue take in every answer and
+ * the queue bound drops most, so what is copied per record should be
+ * small, or that copying alone pushes the route table out of the cache.
+ * The session, up to 64 bytes and mostly absent, lies in a parallel array
+ * whose pages are touched only when sessions are given.
+ */
 struct share_record {
-  char dc[DCMAP_ID_MAX + 1];
   uint32_t at;           /* unix seconds */
-  struct coarse_loc loc; /* cut to the precision when sent */
+  uint16_t dc;           /* into share.names */
   uint8_t session_len;   /* 0: none */
-  char session[GS_SESSION_MAX];
+  struct coarse_loc loc; /* cut to the precision when sent */
 };
+
+typedef char share_session[GS_SESSION_MAX];
 
 struct share_ring {
   _Atomic uint64_t head; /* next write; the worker's */
   _Atomic uint64_t tail; /* next read; the drainer's */
   _Atomic uint64_t dropped;
   struct share_record rec[RING_SIZE];
+  share_session session[RING_SIZE];
 };
 
 enum conn_state { SHARE_OFF, SHARE_CONNECTING, SHARE_CONNECTED, SHARE_BACKOFF };
@@ -43,7 +52,12 @@ struct share {
   const struct config *cfg;
   struct share_ring **rings;  /* one per worker */
   struct share_record *queue; /* circular, cfg->share_queue_max */
+  share_session *qsession;    /* beside queue */
   size_t qhead, qlen;
+  /* Every data-center id seen in a published map, never removed, so a
+   * record names its DC by index whatever reload comes between. */
+  char (*names)[DCMAP_ID_MAX + 1];
+  size_t nnames;
   uv_timer_t flush_timer, retry_timer, drain_timer;
   uv_tcp_t *tcp; /* NULL while not connected */
   uv_connect_t connect_req;
@@ -72,7 +86,10 @@ int share_init(struct daemon *d)
   s->cfg = d->cfg;
   s->rings = calloc((size_t)d->nworkers, sizeof(*s->rings));
   s->queue = malloc((size_t)d->cfg->share_queue_max * sizeof(*s->queue));
-  if (s->rings == NULL || s->queue == NULL)
+  s->qsession = malloc((size_t)d->cfg->share_queue_max * sizeof(*s->qsession));
+  s->names = malloc(SHARE_DC_NONE * sizeof(*s->names));
+  if (s->rings == NULL || s->queue == NULL || s->qsession == NULL ||
+      s->names == NULL)
     goto nomem;
   for (int i = 0; i < d->nworkers; i++) {
     s->rings[i] = calloc(1, sizeof(struct share_ring));
@@ -82,17 +99,45 @@ int share_init(struct daemon *d)
   }
   s->rng.state = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)s;
   d->share = s;
+  /* The first snapshot was published before sharing existed. */
+  struct snapshot *cur =
+      atomic_load_explicit(&d->current, memory_order_acquire);
+  if (cur != NULL)
+    share_name_dcs(d, cur);
   return 0;
 nomem:
   for (int i = 0; s->rings && i < d->nworkers; i++)
     free(s->rings[i]);
   free(s->rings);
   free(s->queue);
+  free(s->qsession);
+  free(s->names);
   free(s);
   return GS_ERR_NOMEM;
 }
 
-void share_offer(struct share_ring *r, const char *dc,
+static uint16_t name_index(struct share *s, const char *id)
+{
+  size_t i;
+
+  for (i = 0; i < s->nnames; i++)
+    if (strcmp(s->names[i], id) == 0)
+      return (uint16_t)i;
+  if (s->nnames == SHARE_DC_NONE)
+    return SHARE_DC_NONE; /* its records are dropped and counted */
+  snprintf(s->names[s->nnames], sizeof(s->names[0]), "%s", id);
+  return (uint16_t)s->nnames++;
+}
+
+void share_name_dcs(struct daemon *d, struct snapshot *snap)
+{
+  struct share *s = share_of(d);
+
+  for (size_t i = 0; i < snap->map->ndcs; i++)
+    snap->share_dc[i] = s ? name_index(s, snap->map->dcs[i].id) : SHARE_DC_NONE;
+}
+
+void share_offer(struct share_ring *r, uint16_t dc,
                  const struct coarse_loc *loc, const char *session,
                  size_t session_len)
 {
@@ -100,41 +145,58 @@ void share_offer(struct share_ring *r, const char *dc,
   uint64_t t = atomic_load_explicit(&r->tail, memory_order_acquire);
   struct share_record *rec;
 
-  if (h - t >= RING_SIZE) {
+  if (h - t >= RING_SIZE || dc == SHARE_DC_NONE) {
     STAT_ADD(r->dropped, 1);
     return;
   }
   rec = &r->rec[h % RING_SIZE];
-  memcpy(rec->dc, dc, sizeof(rec->dc));
+  rec->dc = dc;
   rec->at = (uint32_t)time(NULL); /* vDSO: no system call */
   rec->loc = *loc;
   rec->session_len = (uint8_t)session_len;
   if (session_len)
-    memcpy(rec->session, session, session_len);
+    memcpy(r->session[h % RING_SIZE], session, session_len);
   atomic_store_explicit(&r->head, h + 1, memory_order_release);
 }
 
 /* Appends to the bounded queue, dropping the oldest record when full. */
-static void enqueue(struct share *s, const struct share_record *rec)
+static void enqueue(struct share *s, const struct share_record *rec,
+                    const char *session)
 {
-  size_t cap = s->cfg->share_queue_max;
+  size_t cap = s->cfg->share_queue_max, at;
   if (s->qlen == cap) {
-    s->qhead = (s->qhead + 1) % cap;
+    s->qhead = s->qhead + 1 == cap ? 0 : s->qhead + 1;
     s->qlen--;
     s->dropped++;
   }
-  s->queue[(s->qhead + s->qlen) % cap] = *rec;
+  at = s->qhead + s->qlen;
+  if (at >= cap)
+    at -= cap;
+  s->queue[at] = *rec;
+  if (rec->session_len)
+    memcpy(s->qsession[at], session, rec->session_len);
   s->qlen++;
 }
 
+/*
+ * Moves what the workers offered into the queue. Records the queue bound
+ * would drop at once (more arrived than it holds) are counted as dropped
+ * without being copied: under heavy load that is most of them.
+ */
 static void drain_rings(struct share *s)
 {
+  size_t cap = s->cfg->share_queue_max;
+
   for (int i = 0; i < s->d->nworkers; i++) {
     struct share_ring *r = s->rings[i];
     uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
     uint64_t h = atomic_load_explicit(&r->head, memory_order_acquire);
+    if (h - t > cap) {
+      s->dropped += h - t - cap;
+      t = h - cap;
+    }
     for (; t < h; t++)
-      enqueue(s, &r->rec[t % RING_SIZE]);
+      enqueue(s, &r->rec[t % RING_SIZE], r->session[t % RING_SIZE]);
     atomic_store_explicit(&r->tail, t, memory_order_release);
   }
 }
@@ -185,16 +247,18 @@ static void pack_location(msgpack_packer *pk, uint32_t precision,
   }
 }
 
-static void pack_event(msgpack_packer *pk, uint32_t precision,
-                       const struct share_record *r)
+/* Packs queue record i. */
+static void pack_event(msgpack_packer *pk, const struct share *s, size_t i)
 {
+  const struct share_record *r = &s->queue[i];
+
   msgpack_pack_map(pk, r->session_len ? 4 : 3);
-  rpc_pack_kv_str(pk, "dc", r->dc);
+  rpc_pack_kv_str(pk, "dc", s->names[r->dc]);
   rpc_pack_kv_u64(pk, "at", r->at);
-  pack_location(pk, precision, &r->loc);
+  pack_location(pk, s->cfg->share_precision, &r->loc);
   if (r->session_len) {
     rpc_pack_str(pk, "session");
-    msgpack_pack_str_with_body(pk, r->session, r->session_len);
+    msgpack_pack_str_with_body(pk, s->qsession[i], r->session_len);
   }
 }
 
@@ -202,7 +266,7 @@ static void pack_event(msgpack_packer *pk, uint32_t precision,
 static bool same_bucket(uint32_t precision, const struct share_record *a,
                         const struct share_record *b)
 {
-  if (strcmp(a->dc, b->dc) != 0)
+  if (a->dc != b->dc)
     return false;
   switch (precision) {
   case SHARE_CONTINENT:
@@ -332,27 +396,37 @@ static void on_written(uv_write_t *req, int status)
     disconnect(s, uv_err_name(status));
 }
 
-static bool can_send(struct share *s);
-
-/* Sends count packed records as one notification; false if not sent. */
-static bool send_notification(struct share *s, struct wbuf *body, size_t count)
+/* True when a notification could be written now. */
+static bool can_send(struct share *s)
 {
-  struct write_req *w;
-  msgpack_packer pk;
+  return s->state == SHARE_CONNECTED && s->tcp != NULL &&
+         uv_stream_get_write_queue_size((uv_stream_t *)s->tcp) <=
+             MAX_PENDING_WRITE;
+}
 
-  if (s->state != SHARE_CONNECTED || s->tcp == NULL ||
-      uv_stream_get_write_queue_size((uv_stream_t *)s->tcp) > MAX_PENDING_WRITE)
-    return false;
-  w = calloc(1, sizeof(*w));
+/*
+ * A notification of count records: its header is packed, the caller packs
+ * the records into pk (straight into the buffer that is written), then
+ * calls send_notification. NULL when out of memory.
+ */
+static struct write_req *new_notification(msgpack_packer *pk, size_t count)
+{
+  struct write_req *w = calloc(1, sizeof(*w));
+
   if (w == NULL)
-    return false;
-  msgpack_packer_init(&pk, &w->buf, wbuf_write);
-  msgpack_pack_array(&pk, 3);
-  msgpack_pack_uint8(&pk, GS_RPC_NOTIFICATION);
-  rpc_pack_str(&pk, "share");
-  msgpack_pack_array(&pk, count);
-  wbuf_write(&w->buf, body->data, body->len);
-  if (w->buf.failed) {
+    return NULL;
+  msgpack_packer_init(pk, &w->buf, wbuf_write);
+  msgpack_pack_array(pk, 3);
+  msgpack_pack_uint8(pk, GS_RPC_NOTIFICATION);
+  rpc_pack_str(pk, "share");
+  msgpack_pack_array(pk, count);
+  return w;
+}
+
+/* Writes w, or frees it; false if it was not sent. */
+static bool send_notification(struct share *s, struct write_req *w)
+{
+  if (w->buf.failed || !can_send(s)) {
     wbuf_free(&w->buf);
     free(w);
     return false;
@@ -367,29 +441,19 @@ static bool send_notification(struct share *s, struct wbuf *body, size_t count)
   return true;
 }
 
-/* True when a notification could be written now. */
-static bool can_send(struct share *s)
-{
-  return s->state == SHARE_CONNECTED && s->tcp != NULL &&
-         uv_stream_get_write_queue_size((uv_stream_t *)s->tcp) <=
-             MAX_PENDING_WRITE;
-}
-
 static void flush_events(struct share *s)
 {
   /* Pack nothing that cannot go out; the queue keeps it meanwhile. */
   while (s->qlen > 0 && can_send(s)) {
-    struct wbuf body = {0};
     msgpack_packer pk;
     size_t n = s->qlen < BATCH_MAX ? s->qlen : BATCH_MAX;
+    struct write_req *w = new_notification(&pk, n);
 
-    msgpack_packer_init(&pk, &body, wbuf_write);
+    if (w == NULL)
+      return;
     for (size_t i = 0; i < n; i++)
-      pack_event(&pk, s->cfg->share_precision,
-                 &s->queue[(s->qhead + i) % s->cfg->share_queue_max]);
-    bool sent = !body.failed && send_notification(s, &body, n);
-    wbuf_free(&body);
-    if (!sent)
+      pack_event(&pk, s, (s->qhead + i) % s->cfg->share_queue_max);
+    if (!send_notification(s, w))
       return; /* keep them; the queue bound decides what is lost */
     s->qhead = (s->qhead + n) % s->cfg->share_queue_max;
     s->qlen -= n;
@@ -405,8 +469,6 @@ static void flush_aggregate(struct share *s)
     size_t first; /* queue index of a record of this bucket */
     uint64_t count;
   } *b = calloc(s->qlen ? s->qlen : 1, sizeof(*b));
-  struct wbuf body = {0};
-  msgpack_packer pk;
   size_t nsend = 0;
 
   if (b == NULL)
@@ -423,32 +485,34 @@ static void flush_aggregate(struct share *s)
       b[nb++].first = (s->qhead + i) % cap;
     b[k].count++;
   }
-  msgpack_packer_init(&pk, &body, wbuf_write);
+  uint64_t records = 0;
   for (size_t k = 0; k < nb; k++) {
     if (b[k].count < s->cfg->share_min_count) {
       s->suppressed += b[k].count; /* never sent, not even later */
       continue;
     }
-    const struct share_record *r = &s->queue[b[k].first];
-    msgpack_pack_map(&pk, 3);
-    rpc_pack_kv_str(&pk, "dc", r->dc);
-    pack_location(&pk, precision, &r->loc);
-    rpc_pack_kv_u64(&pk, "count", b[k].count);
+    records += b[k].count;
     nsend++;
   }
   if (nsend > 0) {
-    uint64_t records = 0;
-    for (size_t k = 0; k < nb; k++)
-      if (b[k].count >= s->cfg->share_min_count)
-        records += b[k].count;
-    if (!body.failed && send_notification(s, &body, nsend))
+    msgpack_packer pk;
+    struct write_req *w = new_notification(&pk, nsend);
+    for (size_t k = 0; w != NULL && k < nb; k++) {
+      if (b[k].count < s->cfg->share_min_count)
+        continue;
+      const struct share_record *r = &s->queue[b[k].first];
+      msgpack_pack_map(&pk, 3);
+      rpc_pack_kv_str(&pk, "dc", s->names[r->dc]);
+      pack_location(&pk, precision, &r->loc);
+      rpc_pack_kv_u64(&pk, "count", b[k].count);
+    }
+    if (w != NULL && send_notification(s, w))
       s->sent += nsend;
     else
       s->dropped += records; /* an interval's counts cannot wait */
   }
   s->qhead = 0;
   s->qlen = 0;
-  wbuf_free(&body);
   free(b);
 }
 
@@ -508,6 +572,8 @@ void share_free(struct daemon *d)
     free(s->rings[i]);
   free(s->rings);
   free(s->queue);
+  free(s->qsession);
+  free(s->names);
   free(s);
   d->share = NULL;
 }

@@ -22,12 +22,14 @@
 
 #include <msgpack.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "rank.h"
 
 struct daemon;
 struct worker;
 struct share_ring;
+struct snapshot;
 
 /* Creates one ring per worker; before the workers start. 0 or negative. */
 int share_init(struct daemon *d);
@@ -36,11 +38,22 @@ void share_start(struct daemon *d);
 void share_stop(struct daemon *d);
 void share_free(struct daemon *d);
 
+/* No index: share_dc() could not take another name. */
+#define SHARE_DC_NONE 65535
+
 /*
- * Route path: records that dc answered a session from loc. session may be
- * NULL. Never blocks; a full ring drops the record and counts it.
+ * Sets snap->share_dc, the index by which records name each data center,
+ * before snap is published (control loop). SHARE_DC_NONE when sharing is
+ * off or, after 65535 distinct ids in one run, when no room is left.
  */
-void share_offer(struct share_ring *r, const char *dc,
+void share_name_dcs(struct daemon *d, struct snapshot *snap);
+
+/*
+ * Route path: records that the DC of index dc (share_dc) answered a
+ * session from loc. session may be NULL. Never blocks; a full ring drops
+ * the record and counts it.
+ */
+void share_offer(struct share_ring *r, uint16_t dc,
                  const struct coarse_loc *loc, const char *session,
                  size_t session_len);
 
