@@ -15,10 +15,46 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "geosteer/protocol.h"
 #include "rpc.h"
 #include "scan.h"
 
 #define SERVER_MAX_MESSAGE 4096 /* the default limits.max_message */
+
+/*
+ * rpc_peek_route reads route requests without decoding them; where it
+ * claims one, the decoder must see the same method and the same first
+ * "ip" (or none), and the text must lie inside the message.
+ */
+static void peek_agrees(const uint8_t *data, size_t size,
+                        const struct rpc_request *req)
+{
+  const char *ip;
+  size_t ip_len;
+  const msgpack_object *found = NULL;
+
+  if (!rpc_peek_route((const char *)data, size, &ip, &ip_len))
+    return;
+  if (req->type != GS_RPC_REQUEST || !rpc_str_is(req->method, "route"))
+    __builtin_trap();
+  for (uint32_t i = 0; req->args && i < req->args->via.map.size; i++) {
+    const msgpack_object *k = &req->args->via.map.ptr[i].key;
+    if (k->type == MSGPACK_OBJECT_STR && rpc_str_is(k->via.str, "ip")) {
+      found = &req->args->via.map.ptr[i].val;
+      break;
+    }
+  }
+  if (ip == NULL) {
+    if (found != NULL)
+      __builtin_trap();
+    return;
+  }
+  if (found == NULL || found->type != MSGPACK_OBJECT_STR ||
+      found->via.str.size != ip_len ||
+      (ip_len > 0 && found->via.str.ptr != ip) || /* "" may have no ptr */
+      ip < (const char *)data || ip + ip_len > (const char *)data + size)
+    __builtin_trap();
+}
 
 /* Decodes an accepted message the way a connection does. */
 static void decode(const uint8_t *data, size_t size)
@@ -42,6 +78,7 @@ static void decode(const uint8_t *data, size_t size)
       __builtin_trap();
     (void)rpc_check_keys(req.args, (const char *const[]){"ip", "user", NULL},
                          why, sizeof(why));
+    peek_agrees(data, size, &req);
   }
   msgpack_zone_clear(&zone);
 }

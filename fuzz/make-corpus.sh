@@ -45,3 +45,10 @@ seed never-used '\222\001\301'
 # Regression: an empty method and an empty argument name (msgpack-c gives
 # empty strings a NULL pointer; found by the fuzzer).
 seed empty-method-and-key '\224\000\007\240\221\201\240\160'
+
+# route requests as rpc_peek_route reads them: an IPv4 "ip", and a user
+# then an IPv6 "ip"
+seed route-ip '\224\000\007\245route\221\201\242ip\2471.2.3.4'
+seed route-user-ip6 '\224\000\010\245route\221\202\244user\241u\242ip\2512001:db8::'
+# Regression: an empty "ip", whose decoded text has no pointer.
+seed route-empty-ip '\224\000\007\245route\221\201\242ip\240'

@@ -292,6 +292,9 @@ static void process_input(struct conn *c)
   struct conn_server *srv = c->srv;
   size_t off = 0;
 
+  if (srv->prefetch != NULL && !c->deferred && !c->close_after_flush &&
+      !c->closing)
+    srv->prefetch(c);
   while (!c->deferred && !c->close_after_flush && !c->closing) {
     size_t size;
     int r = scan_message((const uint8_t *)c->in + off, c->in_len - off,

@@ -50,6 +50,9 @@ struct conn_server {
   size_t max_connections;
   _Atomic size_t *open_conns; /* shared by every listener of the process */
   conn_dispatch_fn dispatch;
+  /* Optional: called before the messages of a read are handled, with all
+   * of them in c->in; may only warm caches. */
+  void (*prefetch)(struct conn *c);
   void *ctx;          /* for dispatch */
   const char *kind;   /* "route", "admin": for logs */
   msgpack_zone zone;  /* decoding; cleared after every message */

@@ -180,6 +180,8 @@ int daemon_drain(struct daemon *d, const char *dc, bool on, char *why,
 /* route.c: dispatch for route listeners (ctx: struct worker) */
 int route_dispatch(struct conn *c, const struct rpc_request *req,
                    msgpack_packer *pk);
+/* route.c: conn_server.prefetch for route listeners */
+void route_prefetch(struct conn *c);
 
 /* admin.c: dispatch for admin listeners (ctx: struct daemon) */
 int admin_dispatch(struct conn *c, const struct rpc_request *req,

@@ -108,6 +108,7 @@ static int start_workers(struct daemon *d, struct diag *diag)
     if (conn_server_init(&w->srv, &w->loop, cfg, 0, &d->open_conns,
                          route_dispatch, w, "route") != 0)
       return GS_ERR_NOMEM;
+    w->srv.prefetch = route_prefetch;
     for (size_t k = 0; k < cfg->nroute; k++) {
       struct listen_addr la = cfg->route[k];
       if (i > 0)

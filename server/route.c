@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "scan.h"
 #include "optout.h"
 #include "rank.h"
 
@@ -344,6 +345,40 @@ static void record_latency(struct worker *w, uint64_t ns)
     b++;
   STAT_ADD(w->stats.latency[b], 1);
   STAT_ADD(w->stats.latency_sum_ns, ns);
+}
+
+void route_prefetch(struct conn *c)
+{
+  struct worker *w = c->srv->ctx;
+  addr128 a[TABLE_PREFETCH_MAX];
+  size_t n = 0, off = 0, size;
+
+  /* One message alone has nothing to overlap with: leave it be. */
+  while (n < TABLE_PREFETCH_MAX &&
+         scan_message((const uint8_t *)c->in + off, c->in_len - off,
+                      c->srv->max_message, SCAN_MAX_DEPTH, &size) == SCAN_OK) {
+    const char *ip;
+    size_t ip_len;
+    char text[ADDR_TEXT_MAX + 1];
+    if (off == 0 && size == c->in_len)
+      return;
+    if (rpc_peek_route(c->in + off, size, &ip, &ip_len)) {
+      if (ip == NULL && c->peer_known)
+        a[n++] = c->peer;
+      else if (ip != NULL && ip_len <= ADDR_TEXT_MAX) {
+        memcpy(text, ip, ip_len);
+        text[ip_len] = '\0';
+        if (addr_parse(text, &a[n], NULL) == 0)
+          n++;
+      }
+    }
+    off += size;
+  }
+  if (n > 1) {
+    struct snapshot *s =
+        atomic_load_explicit(&w->d->current, memory_order_acquire);
+    table_prefetch(s->table, a, n);
+  }
 }
 
 int route_dispatch(struct conn *c, const struct rpc_request *req,

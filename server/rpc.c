@@ -3,6 +3,8 @@
  */
 #include "rpc.h"
 
+#include "scan.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -288,4 +290,48 @@ bool rpc_valid_text(const msgpack_object *o, size_t max)
   return o != NULL && o->type == MSGPACK_OBJECT_STR && o->via.str.size > 0 &&
          o->via.str.size <= max &&
          text_valid_utf8(o->via.str.ptr, o->via.str.size);
+}
+
+bool rpc_peek_route(const char *msg, size_t size, const char **ip,
+                    size_t *ip_len)
+{
+  const uint8_t *p = (const uint8_t *)msg, *end = p + size;
+  size_t sz;
+  unsigned pairs;
+
+  *ip = NULL;
+  *ip_len = 0;
+  if (size < 10 || p[0] != 0x94 || p[1] != 0x00)
+    return false;
+  p += 2;
+  if (scan_message(p, (size_t)(end - p), (size_t)(end - p), 0, &sz) != SCAN_OK)
+    return false; /* the msgid */
+  p += sz;
+  if (end - p < 8 || memcmp(p, "\xa5route\x91", 7) != 0 ||
+      (p[7] & 0xf0) != 0x80)
+    return false;
+  pairs = p[7] & 0x0f;
+  p += 8;
+  while (pairs-- > 0) {
+    if (end - p < 1 || (*p & 0xe0) != 0xa0)
+      return false; /* keys are fixstr */
+    size_t key_len = *p & 0x1f;
+    if ((size_t)(end - p) < key_len + 2)
+      return false; /* the key and at least a byte of value */
+    bool is_ip = key_len == 2 && memcmp(p + 1, "ip", 2) == 0;
+    p += 1 + key_len;
+    if (is_ip) {
+      size_t len = (*p & 0xe0) == 0xa0 ? (size_t)(*p & 0x1f) : SIZE_MAX;
+      if (len == SIZE_MAX || (size_t)(end - p) < len + 1)
+        return false;
+      *ip = (const char *)p + 1;
+      *ip_len = len;
+      return true;
+    }
+    if (scan_message(p, (size_t)(end - p), (size_t)(end - p), SCAN_MAX_DEPTH,
+                     &sz) != SCAN_OK)
+      return false;
+    p += sz;
+  }
+  return true;
 }

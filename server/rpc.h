@@ -36,6 +36,17 @@ struct rpc_request {
   const msgpack_object *args; /* the one map of params, or NULL for [] */
 };
 
+/*
+ * Reads a scanned message's bytes, without decoding them, for the address
+ * of a route request: true when it is [0, msgid, "route", [map]] with a
+ * fixmap of fixstr keys, and then *ip is the text of its "ip" key (a
+ * fixstr, inside m) or NULL when it has none. False for anything else,
+ * including what rpc_decode would accept in other forms; only a hint for
+ * warming caches, never a decision.
+ */
+bool rpc_peek_route(const char *m, size_t size, const char **ip,
+                    size_t *ip_len);
+
 /* Sizes zone for messages of up to max_message bytes. */
 bool rpc_zone_init(msgpack_zone *zone, size_t max_message);
 

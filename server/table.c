@@ -902,6 +902,42 @@ static const struct answer *lookup_v4(const struct table *t, uint32_t x,
   return v4_answer(t, bk, x, f + c - 1, scope);
 }
 
+void table_prefetch(const struct table *t, const addr128 *a, size_t n)
+{
+  const struct v4_index *k = &t->v4;
+  const struct v4_bucket *bk[TABLE_PREFETCH_MAX];
+  uint32_t x[TABLE_PREFETCH_MAX];
+  size_t m = 0;
+
+  /* Level 1: the buckets (plain IPv4 only; see table_lookup). */
+  for (size_t i = 0; i < n && m < TABLE_PREFETCH_MAX; i++) {
+    if ((addr_hi(a[i]) | addr_lo(a[i]) >> 32) != 0)
+      continue;
+    x[m] = (uint32_t)a[i];
+    bk[m] = &k->bucket[x[m] >> V4_BUCKET_BITS];
+    __builtin_prefetch(bk[m]);
+    __builtin_prefetch(&bk[m][1].first);
+    m++;
+  }
+  /* Level 2: the slots of buckets that are more than one range. */
+  for (size_t i = 0; i < m; i++) {
+    uint32_t sl = bk[i]->slots;
+    if (bk[i][1].first - bk[i]->first != 1)
+      __builtin_prefetch(&k->slot[(sl >> 5) + ((x[i] & 0xffff) >> (sl & 31))]);
+  }
+  /* Level 3: the windows. */
+  for (size_t i = 0; i < m; i++) {
+    uint32_t sl = bk[i]->slots;
+    if (bk[i][1].first - bk[i]->first == 1)
+      continue;
+    const uint32_t *e =
+        &k->entry[bk[i]->first +
+                  k->slot[(sl >> 5) + ((x[i] & 0xffff) >> (sl & 31))]];
+    __builtin_prefetch(e);
+    __builtin_prefetch(e + V4_WINDOW - 1);
+  }
+}
+
 /*
  * An IPv6 address whose /64 x holds boundaries: search the block for the
  * lower 64 bits y. The first range of a block runs from its start (key 0)

@@ -82,3 +82,68 @@ Test(rpc, refuses_responses_and_bad_envelopes)
   }
   msgpack_zone_destroy(&zone);
 }
+
+/* rpc_peek_route: what it reads from a route request's bytes, and what it
+ * leaves alone. sizeof - 1: the literals' NUL is not part of a message. */
+#define PEEK(lit, ip, len) rpc_peek_route(lit, sizeof(lit) - 1, ip, len)
+
+Test(rpc, peek_route_finds_the_ip_text)
+{
+  /* [0, 7, "route", [{"ip": "1.2.3.4"}]] */
+  static const char one[] = "\x94\x00\x07\xa5route\x91\x81\xa2ip\xa7"
+                            "1.2.3.4";
+  /* msgid 70000 (uint32), then {"user": "u", "no_geo": false, "ip": v6} */
+  static const char later[] = "\x94\x00\xce\x00\x01\x11\x70\xa5route\x91\x83"
+                              "\xa4user\xa1u\xa6no_geo\xc2\xa2ip\xa9"
+                              "2001:db8::";
+  const char *ip;
+  size_t len;
+
+  cr_assert(PEEK(one, &ip, &len));
+  cr_assert_eq(len, 7u);
+  cr_assert(memcmp(ip, "1.2.3.4", 7) == 0);
+  cr_assert_eq(ip, one + 15, "the text lies in the message");
+  cr_assert(PEEK(later, &ip, &len));
+  cr_assert_eq(len, 9u);
+  cr_assert(memcmp(ip, "2001:db8::", 9) == 0);
+}
+
+Test(rpc, peek_route_without_ip_means_the_peer)
+{
+  static const char no_args[] = "\x94\x00\x01\xa5route\x91\x80";
+  static const char user[] = "\x94\x00\x01\xa5route\x91\x81\xa4user\xa1u";
+  const char *ip = "x";
+  size_t len = 9;
+
+  cr_assert(PEEK(no_args, &ip, &len));
+  cr_assert_null(ip);
+  cr_assert_eq(len, 0u);
+  cr_assert(PEEK(user, &ip, &len));
+  cr_assert_null(ip);
+}
+
+Test(rpc, peek_route_leaves_everything_else)
+{
+  static const char *const others[] = {
+      /* ping */
+      "\x94\x00\x01\xa4ping\x90",
+      /* a notification */
+      "\x93\x02\xa5route\x91\x81\xa2ip\xa7"
+      "1.2.3.4",
+      /* params not an array of one map */
+      "\x94\x00\x01\xa5route\x92\x80\x80",
+      /* a key that is not a fixstr */
+      "\x94\x00\x01\xa5route\x91\x81\xd9\x02ip\xa7"
+      "1.2.3.4",
+      /* an ip that is not a string */
+      "\x94\x00\x01\xa5route\x91\x81\xa2ip\x07",
+      /* cut short inside the map */
+      "\x94\x00\x01\xa5route\x91\x82\xa4user\xa1u\xa2",
+  };
+  const char *ip;
+  size_t len;
+
+  for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+    cr_assert(!rpc_peek_route(others[i], strlen(others[i]), &ip, &len),
+              "case %zu", i);
+}
