@@ -290,15 +290,24 @@ static void refuse(struct conn *c, int scan_result, const char *why)
 static void process_input(struct conn *c)
 {
   struct conn_server *srv = c->srv;
-  size_t off = 0;
+  size_t off = 0, sizes[CONN_BATCH], nsizes = 0, next = 0;
 
+  /* With a prefetch hook, scan the first messages ahead; the loop below
+   * takes their sizes instead of scanning them again. */
+  for (size_t at = 0; srv->prefetch != NULL && nsizes < CONN_BATCH &&
+                      scan_message((const uint8_t *)c->in + at, c->in_len - at,
+                                   srv->max_message, SCAN_MAX_DEPTH,
+                                   &sizes[nsizes]) == SCAN_OK;)
+    at += sizes[nsizes++];
   if (srv->prefetch != NULL && !c->deferred && !c->close_after_flush &&
       !c->closing)
-    srv->prefetch(c);
+    srv->prefetch(c, sizes, nsizes);
   while (!c->deferred && !c->close_after_flush && !c->closing) {
     size_t size;
-    int r = scan_message((const uint8_t *)c->in + off, c->in_len - off,
-                         srv->max_message, SCAN_MAX_DEPTH, &size);
+    int r = next < nsizes
+                ? (size = sizes[next++], SCAN_OK)
+                : scan_message((const uint8_t *)c->in + off, c->in_len - off,
+                               srv->max_message, SCAN_MAX_DEPTH, &size);
     if (r == SCAN_NEED_MORE)
       break;
     if (r != SCAN_OK) {

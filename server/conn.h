@@ -30,6 +30,7 @@
 #include "rpc.h"
 
 #define CONN_DEFERRED 1 /* dispatch result: the reply comes later */
+#define CONN_BATCH 32   /* messages of one read given to prefetch */
 
 struct conn;
 
@@ -50,9 +51,10 @@ struct conn_server {
   size_t max_connections;
   _Atomic size_t *open_conns; /* shared by every listener of the process */
   conn_dispatch_fn dispatch;
-  /* Optional: called before the messages of a read are handled, with all
-   * of them in c->in; may only warm caches. */
-  void (*prefetch)(struct conn *c);
+  /* Optional: called before the messages of a read are handled, with
+   * the sizes of the first CONN_BATCH complete ones, in order from c->in
+   * (n may be 0 or 1); may only warm caches and note what it read. */
+  void (*prefetch)(struct conn *c, const size_t *sizes, size_t n);
   void *ctx;          /* for dispatch */
   const char *kind;   /* "route", "admin": for logs */
   msgpack_zone zone;  /* decoding; cleared after every message */

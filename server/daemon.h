@@ -94,6 +94,15 @@ struct worker {
   uv_timer_t deadline;      /* shutdown: closes what is still open */
   struct share_ring *share; /* NULL when sharing is off */
   struct conn_server srv;
+  /*
+   * The "ip" texts route_prefetch read in the batch being handled, and
+   * their addresses, in request order, so that route() need not parse
+   * them again: peek_text[i] points into the connection's input.
+   */
+  const char *peek_text[CONN_BATCH];
+  size_t peek_len[CONN_BATCH];
+  addr128 peek_addr[CONN_BATCH];
+  size_t npeek, next_peek;
   _Atomic uint64_t seen_epoch;
   struct worker_stats stats;
 };
@@ -181,7 +190,7 @@ int daemon_drain(struct daemon *d, const char *dc, bool on, char *why,
 int route_dispatch(struct conn *c, const struct rpc_request *req,
                    msgpack_packer *pk);
 /* route.c: conn_server.prefetch for route listeners */
-void route_prefetch(struct conn *c);
+void route_prefetch(struct conn *c, const size_t *sizes, size_t n);
 
 /* admin.c: dispatch for admin listeners (ctx: struct daemon) */
 int admin_dispatch(struct conn *c, const struct rpc_request *req,

@@ -67,6 +67,25 @@ static const msgpack_object **slot_for(struct route_values *rv,
   }
 }
 
+/*
+ * The address route_prefetch parsed from these very bytes, if it did:
+ * the texts it read come in request order, so only the next is checked.
+ */
+static bool peeked_address(struct conn *c, msgpack_object_str text,
+                           addr128 *out)
+{
+  struct worker *w = c->srv->ctx;
+
+  while (w->next_peek < w->npeek && w->peek_text[w->next_peek] < text.ptr)
+    w->next_peek++; /* a text route() did not reach: a request refused */
+  if (w->next_peek < w->npeek && w->peek_text[w->next_peek] == text.ptr &&
+      w->peek_len[w->next_peek] == text.size && text.size > 0) {
+    *out = w->peek_addr[w->next_peek++];
+    return true;
+  }
+  return false;
+}
+
 /* Returns 0 or a protocol error code with why filled. */
 static int parse_args(struct conn *c, const struct snapshot *s,
                       const msgpack_object *args, struct route_args *ra,
@@ -127,8 +146,9 @@ static int parse_args(struct conn *c, const struct snapshot *s,
   if ((v = rv.ip) != NULL) {
     char text[ADDR_TEXT_MAX + 1];
     if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > ADDR_TEXT_MAX ||
-        addr_parse(rpc_str_copy(v->via.str, text, sizeof(text)), &ra->ip,
-                   NULL) != 0) {
+        (!peeked_address(c, v->via.str, &ra->ip) &&
+         addr_parse(rpc_str_copy(v->via.str, text, sizeof(text)), &ra->ip,
+                    NULL) != 0)) {
       snprintf(why, why_size, "ip must be a textual IPv4 or IPv6 address");
       return GS_CODE_BAD_ADDRESS;
     }
@@ -347,37 +367,41 @@ static void record_latency(struct worker *w, uint64_t ns)
   STAT_ADD(w->stats.latency_sum_ns, ns);
 }
 
-void route_prefetch(struct conn *c)
+void route_prefetch(struct conn *c, const size_t *sizes, size_t n)
 {
   struct worker *w = c->srv->ctx;
-  addr128 a[TABLE_PREFETCH_MAX];
-  size_t n = 0, off = 0, size;
+  addr128 a[CONN_BATCH];
+  size_t na = 0, off = 0;
 
-  /* One message alone has nothing to overlap with: leave it be. */
-  while (n < TABLE_PREFETCH_MAX &&
-         scan_message((const uint8_t *)c->in + off, c->in_len - off,
-                      c->srv->max_message, SCAN_MAX_DEPTH, &size) == SCAN_OK) {
+  /* What the last batch noted points into some buffer: forget it. */
+  w->npeek = w->next_peek = 0;
+  if (n < 2)
+    return; /* one message has nothing to overlap with */
+  for (size_t i = 0; i < n; off += sizes[i++]) {
     const char *ip;
-    size_t ip_len;
+    size_t len;
     char text[ADDR_TEXT_MAX + 1];
-    if (off == 0 && size == c->in_len)
-      return;
-    if (rpc_peek_route(c->in + off, size, &ip, &ip_len)) {
-      if (ip == NULL && c->peer_known)
-        a[n++] = c->peer;
-      else if (ip != NULL && ip_len <= ADDR_TEXT_MAX) {
-        memcpy(text, ip, ip_len);
-        text[ip_len] = '\0';
-        if (addr_parse(text, &a[n], NULL) == 0)
-          n++;
-      }
+    if (!rpc_peek_route(c->in + off, sizes[i], &ip, &len))
+      continue;
+    if (ip == NULL) {
+      if (c->peer_known)
+        a[na++] = c->peer;
+      continue;
     }
-    off += size;
+    if (len > ADDR_TEXT_MAX)
+      continue;
+    memcpy(text, ip, len);
+    text[len] = '\0';
+    if (addr_parse(text, &a[na], NULL) != 0)
+      continue;
+    w->peek_text[w->npeek] = ip;
+    w->peek_len[w->npeek] = len;
+    w->peek_addr[w->npeek++] = a[na++];
   }
-  if (n > 1) {
+  if (na > 1) {
     struct snapshot *s =
         atomic_load_explicit(&w->d->current, memory_order_acquire);
-    table_prefetch(s->table, a, n);
+    table_prefetch(s->table, a, na);
   }
 }
 

@@ -950,6 +950,82 @@ Test(server, pipelined_requests_are_answered_in_order)
   finish(&s);
 }
 
+/*
+ * A pipelined batch that mixes route requests with a refused one (its ip
+ * read ahead, but the request rejected before the ip), a bad ip, one
+ * with no arguments, a ping and an ip given as the second argument: every
+ * reply belongs to its own request.
+ */
+Test(server, mixed_pipelined_batch_answers_each_request)
+{
+  struct server s;
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  struct rbuf in = {0};
+  struct replies r;
+  const msgpack_object *res;
+  int fd, end;
+
+  start_default(&s, NULL);
+  fd = raw_connect(&s);
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  pack_route(&pk, 1, load_ips[0].ip);
+  /* 2: a bad session is refused before the ip is looked at */
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint8(&pk, GS_RPC_REQUEST);
+  msgpack_pack_uint32(&pk, 2);
+  pack_cstr(&pk, "route");
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_map(&pk, 2);
+  pack_cstr(&pk, "ip");
+  pack_cstr(&pk, load_ips[1].ip);
+  pack_cstr(&pk, "session");
+  pack_cstr(&pk, "not a session!");
+  pack_route(&pk, 3, load_ips[3].ip);
+  pack_route(&pk, 4, "300.1.2.3");
+  pack_route(&pk, 5, NULL);
+  pack_call(&pk, 6, "ping");
+  /* 7: the ip after another argument */
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint8(&pk, GS_RPC_REQUEST);
+  msgpack_pack_uint32(&pk, 7);
+  pack_cstr(&pk, "route");
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_map(&pk, 2);
+  pack_cstr(&pk, "no_geo");
+  msgpack_pack_false(&pk);
+  pack_cstr(&pk, "ip");
+  pack_cstr(&pk, load_ips[8].ip);
+  pack_route(&pk, 8, load_ips[5].ip);
+
+  cr_assert_eq(send(fd, sb.data, sb.size, MSG_NOSIGNAL), (ssize_t)sb.size);
+  end = raw_exchange(fd, NULL, 0, &in, 8, HARNESS_IO_WAIT_MS, NULL);
+  cr_assert_eq(end, RAW_REPLIES, "%s after %zu bytes", raw_end_name(end),
+               in.len);
+  replies_parse(&r, in.data, in.len);
+  cr_assert_eq(r.n, 8);
+  res = result_of(&r.obj[0], 1);
+  cr_assert(res && obj_is_str(obj_get(res, "dc"), load_ips[0].dc));
+  cr_assert_null(error_reply_problem(&r.obj[1], 2, GS_CODE_BAD_REQUEST));
+  res = result_of(&r.obj[2], 3);
+  cr_assert(res && obj_is_str(obj_get(res, "dc"), load_ips[3].dc));
+  cr_assert_null(error_reply_problem(&r.obj[3], 4, GS_CODE_BAD_ADDRESS));
+  res = result_of(&r.obj[4], 5);
+  cr_assert_not_null(res, "a route without arguments uses the peer");
+  res = result_of(&r.obj[5], 6);
+  cr_assert(res && obj_is_str(res, "pong"));
+  res = result_of(&r.obj[6], 7);
+  cr_assert(res && obj_is_str(obj_get(res, "dc"), load_ips[8].dc));
+  res = result_of(&r.obj[7], 8);
+  cr_assert(res && obj_is_str(obj_get(res, "dc"), load_ips[5].dc));
+  replies_free(&r);
+  close(fd);
+  rbuf_free(&in);
+  msgpack_sbuffer_destroy(&sb);
+  finish(&s);
+}
+
 /* ---- admin ------------------------------------------------------------- */
 
 Test(server, map_show_and_dc_list)
