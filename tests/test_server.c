@@ -950,6 +950,17 @@ Test(server, pipelined_requests_are_answered_in_order)
   finish(&s);
 }
 
+/* [0, msgid, "route", [{ then nargs key/value pairs for the caller. */
+static void pack_route_head(msgpack_packer *pk, uint32_t msgid, uint32_t nargs)
+{
+  msgpack_pack_array(pk, 4);
+  msgpack_pack_uint8(pk, GS_RPC_REQUEST);
+  msgpack_pack_uint32(pk, msgid);
+  pack_cstr(pk, "route");
+  msgpack_pack_array(pk, 1);
+  msgpack_pack_map(pk, nargs);
+}
+
 /*
  * A pipelined batch that mixes route requests with a refused one (its ip
  * read ahead, but the request rejected before the ip), a bad ip, one
@@ -972,12 +983,7 @@ Test(server, mixed_pipelined_batch_answers_each_request)
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
   pack_route(&pk, 1, load_ips[0].ip);
   /* 2: a bad session is refused before the ip is looked at */
-  msgpack_pack_array(&pk, 4);
-  msgpack_pack_uint8(&pk, GS_RPC_REQUEST);
-  msgpack_pack_uint32(&pk, 2);
-  pack_cstr(&pk, "route");
-  msgpack_pack_array(&pk, 1);
-  msgpack_pack_map(&pk, 2);
+  pack_route_head(&pk, 2, 2);
   pack_cstr(&pk, "ip");
   pack_cstr(&pk, load_ips[1].ip);
   pack_cstr(&pk, "session");
@@ -987,12 +993,7 @@ Test(server, mixed_pipelined_batch_answers_each_request)
   pack_route(&pk, 5, NULL);
   pack_call(&pk, 6, "ping");
   /* 7: the ip after another argument */
-  msgpack_pack_array(&pk, 4);
-  msgpack_pack_uint8(&pk, GS_RPC_REQUEST);
-  msgpack_pack_uint32(&pk, 7);
-  pack_cstr(&pk, "route");
-  msgpack_pack_array(&pk, 1);
-  msgpack_pack_map(&pk, 2);
+  pack_route_head(&pk, 7, 2);
   pack_cstr(&pk, "no_geo");
   msgpack_pack_false(&pk);
   pack_cstr(&pk, "ip");
