@@ -18,8 +18,8 @@
 # settings.
 #
 # Environment:
-#   BENCH_ROUNDS   rounds (default 9, at least 3)
-#   BENCH_N        requests per run (default 1000000)
+#   BENCH_ROUNDS   rounds (default 15, at least 3)
+#   BENCH_N        requests per run (default 500000)
 #   BENCH_C, BENCH_P  connections and requests in flight each (8, 32)
 #   BENCH_SHARE_FLOOR  smallest acceptable ratio (default 0.97)
 #   GEOSTEERD, LOADGEN, SHARE_SINK, GEOSTEER  the programs (default build/)
@@ -30,8 +30,8 @@ geosteerd=${GEOSTEERD:-$root/build/geosteerd}
 loadgen=${LOADGEN:-$root/build/loadgen}
 sink=${SHARE_SINK:-$root/build/share-sink}
 cli=${GEOSTEER:-$root/build/geosteer}
-rounds=${BENCH_ROUNDS:-9}
-requests=${BENCH_N:-1000000}
+rounds=${BENCH_ROUNDS:-15}
+requests=${BENCH_N:-500000}
 conns=${BENCH_C:-8}
 pipeline=${BENCH_P:-32}
 floor=${BENCH_SHARE_FLOOR:-0.97}
