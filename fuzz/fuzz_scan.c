@@ -14,6 +14,7 @@
 #include <msgpack.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "geosteer/protocol.h"
 #include "rpc.h"
@@ -54,6 +55,69 @@ static void peek_agrees(const uint8_t *data, size_t size,
       (ip_len > 0 && found->via.str.ptr != ip) || /* "" may have no ptr */
       ip < (const char *)data || ip + ip_len > (const char *)data + size)
     __builtin_trap();
+}
+
+/* Same value, as far as any reader can tell (pointers aside). */
+static int same_object(const msgpack_object *a, const msgpack_object *b)
+{
+  if (a->type != b->type)
+    return 0;
+  switch (a->type) {
+  case MSGPACK_OBJECT_NIL:
+    return 1;
+  case MSGPACK_OBJECT_BOOLEAN:
+    return a->via.boolean == b->via.boolean;
+  case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    return a->via.u64 == b->via.u64;
+  case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+    return a->via.i64 == b->via.i64;
+  case MSGPACK_OBJECT_STR:
+  case MSGPACK_OBJECT_BIN:
+    return a->via.str.size == b->via.str.size &&
+           (a->via.str.size == 0 ||
+            memcmp(a->via.str.ptr, b->via.str.ptr, a->via.str.size) == 0);
+  case MSGPACK_OBJECT_ARRAY:
+    if (a->via.array.size != b->via.array.size)
+      return 0;
+    for (uint32_t i = 0; i < a->via.array.size; i++)
+      if (!same_object(&a->via.array.ptr[i], &b->via.array.ptr[i]))
+        return 0;
+    return 1;
+  case MSGPACK_OBJECT_MAP:
+    if (a->via.map.size != b->via.map.size)
+      return 0;
+    for (uint32_t i = 0; i < a->via.map.size; i++)
+      if (!same_object(&a->via.map.ptr[i].key, &b->via.map.ptr[i].key) ||
+          !same_object(&a->via.map.ptr[i].val, &b->via.map.ptr[i].val))
+        return 0;
+    return 1;
+  default: /* floats, ext: rpc_unpack leaves them to msgpack_unpack */
+    return 1;
+  }
+}
+
+/* rpc_unpack must decode exactly what msgpack_unpack decodes. */
+static void unpack_agrees(const uint8_t *data, size_t size)
+{
+  static msgpack_zone za, zb;
+  static int ready;
+  msgpack_object a, b;
+  size_t off = 0;
+
+  if (!ready) {
+    if (!rpc_zone_init(&za, SERVER_MAX_MESSAGE) ||
+        !rpc_zone_init(&zb, SERVER_MAX_MESSAGE))
+      __builtin_trap();
+    ready = 1;
+  }
+  int ok_a = rpc_unpack((const char *)data, size, &za, &a);
+  int ok_b = msgpack_unpack((const char *)data, size, &off, &zb, &b) ==
+                 MSGPACK_UNPACK_SUCCESS &&
+             off == size;
+  if (ok_a != ok_b || (ok_a && !same_object(&a, &b)))
+    __builtin_trap();
+  msgpack_zone_clear(&za);
+  msgpack_zone_clear(&zb);
 }
 
 /* Decodes an accepted message the way a connection does. */
@@ -100,8 +164,10 @@ static void check(const uint8_t *data, size_t len, size_t max_size)
         off != size)
       __builtin_trap();
     msgpack_unpacked_destroy(&u);
-    if (max_size == SERVER_MAX_MESSAGE)
+    if (max_size == SERVER_MAX_MESSAGE) {
+      unpack_agrees(data, size);
       decode(data, size);
+    }
     return;
   case SCAN_NEED_MORE:
     if (len >= max_size)

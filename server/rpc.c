@@ -81,17 +81,136 @@ static bool as_u32(const msgpack_object *o, uint32_t *out)
   return true;
 }
 
+/*
+ * A decoder for the forms requests take: nil, booleans, integers,
+ * strings, arrays and maps (not floats, bin or ext: then false, and
+ * msgpack_unpack decodes it). It builds the same objects msgpack_unpack
+ * builds, in the same zone, strings pointing into the input, but without
+ * its general machinery, which costs more than the rest of a route
+ * request's handling. The input has passed the scanner, so it is one
+ * complete object no deeper than SCAN_MAX_DEPTH; every read is still
+ * bounded by end. Returns the byte after the object, or NULL.
+ */
+static const uint8_t *unpack_simple(const uint8_t *p, const uint8_t *end,
+                                    msgpack_zone *zone, msgpack_object *o,
+                                    int depth)
+{
+  uint8_t b;
+  uint64_t n = 0;
+  int w; /* bytes of a length or value after the type byte */
+
+  if (p >= end || depth > SCAN_MAX_DEPTH)
+    return NULL;
+  b = *p++;
+  if (b <= 0x7f) {
+    o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+    o->via.u64 = b;
+    return p;
+  }
+  if (b >= 0xe0) {
+    o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+    o->via.i64 = (int8_t)b;
+    return p;
+  }
+  if (b == 0xc0 || b == 0xc2 || b == 0xc3) {
+    o->type = b == 0xc0 ? MSGPACK_OBJECT_NIL : MSGPACK_OBJECT_BOOLEAN;
+    o->via.boolean = b == 0xc3;
+    return p;
+  }
+  /* The width of what follows the type byte, and what kind it is. */
+  if (b >= 0xcc && b <= 0xd3)
+    w = 1 << ((b - 0xcc) & 3); /* uint8..64, int8..64 */
+  else if (b == 0xd9 || b == 0xda || b == 0xdb)
+    w = 1 << (b - 0xd9); /* str8..32 */
+  else if (b == 0xdc || b == 0xde)
+    w = 2; /* array16, map16 */
+  else if (b == 0xdd || b == 0xdf)
+    w = 4; /* array32, map32 */
+  else
+    w = 0; /* fixstr, fixarray, fixmap; anything else is not handled */
+  if ((size_t)(end - p) < (size_t)w)
+    return NULL;
+  for (int i = 0; i < w; i++)
+    n = n << 8 | *p++;
+  if (b >= 0xcc && b <= 0xcf) {
+    o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+    o->via.u64 = n;
+    return p;
+  }
+  if (b >= 0xd0 && b <= 0xd3) {
+    int64_t v = w == 1   ? (int8_t)n
+                : w == 2 ? (int16_t)n
+                : w == 4 ? (int32_t)n
+                         : (int64_t)n;
+    o->type = v < 0 ? MSGPACK_OBJECT_NEGATIVE_INTEGER
+                    : MSGPACK_OBJECT_POSITIVE_INTEGER;
+    o->via.i64 = v; /* u64 alike for v >= 0 */
+    return p;
+  }
+  if ((b & 0xe0) == 0xa0 || (b >= 0xd9 && b <= 0xdb)) {
+    if ((b & 0xe0) == 0xa0)
+      n = b & 0x1f;
+    if ((uint64_t)(end - p) < n)
+      return NULL;
+    o->type = MSGPACK_OBJECT_STR;
+    o->via.str.size = (uint32_t)n;
+    o->via.str.ptr = n ? (const char *)p : NULL; /* as msgpack_unpack */
+    return p + n;
+  }
+  bool is_map = (b & 0xf0) == 0x80 || b == 0xde || b == 0xdf;
+  if ((b & 0xf0) == 0x90 || (b & 0xf0) == 0x80)
+    n = b & 0x0f;
+  else if (!(b >= 0xdc && b <= 0xdf))
+    return NULL; /* float, bin, ext, never-used */
+  if (n > (uint64_t)(end - p))
+    return NULL; /* every element takes a byte at least */
+  if (is_map) {
+    msgpack_object_kv *kv =
+        n ? msgpack_zone_malloc(zone, n * sizeof(*kv)) : NULL;
+    if (n && kv == NULL)
+      return NULL;
+    for (uint64_t i = 0; i < n && p; i++) {
+      p = unpack_simple(p, end, zone, &kv[i].key, depth + 1);
+      if (p)
+        p = unpack_simple(p, end, zone, &kv[i].val, depth + 1);
+    }
+    o->type = MSGPACK_OBJECT_MAP;
+    o->via.map.size = (uint32_t)n;
+    o->via.map.ptr = kv;
+    return p;
+  }
+  msgpack_object *a = n ? msgpack_zone_malloc(zone, n * sizeof(*a)) : NULL;
+  if (n && a == NULL)
+    return NULL;
+  for (uint64_t i = 0; i < n && p; i++)
+    p = unpack_simple(p, end, zone, &a[i], depth + 1);
+  o->type = MSGPACK_OBJECT_ARRAY;
+  o->via.array.size = (uint32_t)n;
+  o->via.array.ptr = a;
+  return p;
+}
+
+bool rpc_unpack(const char *msg, size_t len, msgpack_zone *zone,
+                msgpack_object *o)
+{
+  const uint8_t *end = (const uint8_t *)msg + len;
+  size_t off = 0;
+
+  if (unpack_simple((const uint8_t *)msg, end, zone, o, 0) == end)
+    return true;
+  return msgpack_unpack(msg, len, &off, zone, o) == MSGPACK_UNPACK_SUCCESS &&
+         off == len;
+}
+
 bool rpc_decode(const char *msg, size_t len, msgpack_zone *zone,
                 struct rpc_request *req, bool *msgid_known, uint32_t *msgid,
                 char *why, size_t why_size)
 {
   msgpack_object o;
-  size_t off = 0;
   const msgpack_object *e, *params;
 
   *msgid_known = false;
-  if (msgpack_unpack(msg, len, &off, zone, &o) != MSGPACK_UNPACK_SUCCESS ||
-      off != len) {
+  if (!rpc_unpack(msg, len, zone, &o)) {
     snprintf(why, why_size, "malformed MessagePack");
     return false;
   }
