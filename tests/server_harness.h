@@ -9,6 +9,10 @@
  * daemon's "event=listening" log lines and waits for "event=started".
  * Criterion runs tests in parallel processes, so nothing is shared.
  *
+ * The process side (spawning, the log, the config text, the folder) is in
+ * daemon_harness.h, which the crash program shares; this file adds the
+ * Criterion assertions, the per-test bookkeeping and the sockets.
+ *
  * Invariants: a daemon never outlives its test (PR_SET_PDEATHSIG, and the
  * suite's .fini kills whatever an aborted test left running); every wait
  * is a bounded poll that fails with a message, never a timed assertion;
@@ -33,17 +37,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
 
+#include "daemon_harness.h"
 #include "geosteer/client.h"
 #include "geosteer/protocol.h"
 #include "helpers.h"
@@ -52,14 +55,13 @@
 #define HARNESS_STOP_WAIT_MS 20000  /* SIGTERM to exit (grace is 4 s) */
 #define HARNESS_IO_WAIT_MS 10000    /* one exchange on a socket */
 #define HARNESS_CALL_MS 10000       /* gs_client timeout */
-#define HARNESS_POLL_STEP_MS 20
-#define HARNESS_MAX_SERVERS 4 /* daemons alive at once in one test */
+#define HARNESS_MAX_SERVERS 4       /* daemons alive at once in one test */
 #define HARNESS_PATH_MAX 512
-#define HARNESS_SUN_PATH_MAX 107 /* sizeof(sun_path) - 1 on Linux */
 
 /* Per-test configuration: YAML lines added to the harness's config. */
 struct server_opts {
   const char *listen; /* lines inside listen:, e.g. "  metrics: ..." */
+  const char *store;  /* lines inside store:, e.g. "  key_file: k" */
   const char *limits; /* lines inside limits:, e.g. "  max_connections: 2" */
   const char *extra;  /* top-level lines, e.g. "trusted_proxies: []" */
   const char *asan_options; /* added to the daemon's ASAN_OPTIONS */
@@ -71,6 +73,7 @@ struct server {
   char map[HARNESS_PATH_MAX];     /* dir/map.yaml, a copy of test-map.yaml */
   char admin[HARNESS_PATH_MAX];   /* dir/admin.sock */
   char store[HARNESS_PATH_MAX];   /* dir/geosteer.db */
+  char key[HARNESS_PATH_MAX];     /* dir/geosteer.key, the store's key file */
   char log[HARNESS_PATH_MAX];     /* dir/geosteerd.log: stdout + stderr */
   char asan_options[256];
   pid_t pid;             /* 0 when not running */
@@ -81,21 +84,7 @@ struct server {
   char route_addr[32]; /* "127.0.0.1:PORT" */
 };
 
-/* ---- time and small utilities ------------------------------------------ */
-
-static inline int64_t harness_now_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static inline void harness_sleep_ms(int ms)
-{
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-    ;
-}
+/* ---- small utilities --------------------------------------------------- */
 
 /*
  * Evaluates cond every HARNESS_POLL_STEP_MS until it holds; fails the test
@@ -111,39 +100,19 @@ static inline void harness_sleep_ms(int ms)
     }                                                                          \
   } while (0)
 
-/* Reads a whole file; malloc'd, NUL-terminated; NULL if unreadable. */
-static inline char *harness_read_file(const char *path, long from, long *len)
+/* Writes data[0..len) to the file at path, replacing it. */
+static inline void harness_write_bytes(const char *path, const void *data,
+                                       size_t len)
 {
-  FILE *f = fopen(path, "rb");
-  char *buf;
-  long size;
-
-  if (f == NULL)
-    return NULL;
-  fseek(f, 0, SEEK_END);
-  size = ftell(f);
-  if (from > size)
-    from = size;
-  fseek(f, from, SEEK_SET);
-  buf = malloc((size_t)(size - from) + 1);
-  if (buf == NULL) {
-    fclose(f);
-    return NULL;
-  }
-  size = (long)fread(buf, 1, (size_t)(size - from), f);
-  buf[size] = '\0';
-  fclose(f);
-  if (len)
-    *len = size;
-  return buf;
+  FILE *f = fopen(path, "wb");
+  cr_assert_not_null(f, "cannot write %s: %s", path, strerror(errno));
+  cr_assert_eq(fwrite(data, 1, len, f), len);
+  cr_assert_eq(fclose(f), 0);
 }
 
 static inline void harness_write_file(const char *path, const char *text)
 {
-  FILE *f = fopen(path, "wb");
-  cr_assert_not_null(f, "cannot write %s: %s", path, strerror(errno));
-  cr_assert_eq(fwrite(text, 1, strlen(text), f), strlen(text));
-  cr_assert_eq(fclose(f), 0);
+  harness_write_bytes(path, text, strlen(text));
 }
 
 static inline void harness_copy_file(const char *from, const char *to)
@@ -154,23 +123,11 @@ static inline void harness_copy_file(const char *from, const char *to)
   free(text);
 }
 
-/* Removes a folder and the files in it (the harness makes no subfolders). */
-static inline void harness_remove_dir(const char *dir)
+/* The fixture at rel (in the source tree) as an absolute path in out. */
+static inline void harness_fixture(const char *rel, char out[PATH_MAX])
 {
-  char path[HARNESS_PATH_MAX + NAME_MAX + 2];
-  struct dirent *e;
-  DIR *d;
-
-  if (dir[0] == '\0' || (d = opendir(dir)) == NULL)
-    return;
-  while ((e = readdir(d)) != NULL) {
-    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-      continue;
-    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-    unlink(path);
-  }
-  closedir(d);
-  rmdir(dir);
+  cr_assert_not_null(realpath(src_path(rel), out),
+                     "fixture %s missing (GS_SOURCE_DIR?)", rel);
 }
 
 /* ---- the daemon's lifetime --------------------------------------------- */
@@ -211,19 +168,10 @@ static inline const char *harness_daemon_path(void)
   return bin ? bin : "build/geosteerd-san";
 }
 
-/* A fresh private folder whose admin socket path fits sun_path. */
-static inline void harness_mkdtemp(char *dir, size_t size)
-{
-  const char *tmp = getenv("TMPDIR");
-
-  if (tmp == NULL || tmp[0] == '\0' ||
-      strlen(tmp) + sizeof("/gs-XXXXXX/admin.sock") > HARNESS_SUN_PATH_MAX)
-    tmp = "/tmp";
-  snprintf(dir, size, "%s/gs-XXXXXX", tmp);
-  cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-}
-
-/* (Re)writes s->config from opts; the folder and map copy exist. */
+/*
+ * (Re)writes s->config from opts and s's paths (a test may point s->store
+ * elsewhere first); the folder and map copy exist.
+ */
 static inline void server_write_config(struct server *s,
                                        const struct server_opts *o)
 {
@@ -232,22 +180,11 @@ static inline void server_write_config(struct server *s,
   size_t len = 0;
   FILE *f;
 
-  cr_assert_not_null(realpath(src_path("tests/fixtures/city-test.mmdb"), db),
-                     "fixture database missing (GS_SOURCE_DIR?)");
+  harness_fixture("tests/fixtures/city-test.mmdb", db);
   f = open_memstream(&text, &len);
   cr_assert_not_null(f);
-  fprintf(f,
-          "listen:\n"
-          "  route: [\"127.0.0.1:0\"]\n"
-          "  admin: %s\n"
-          "%s%s"
-          "geo:\n"
-          "  database: %s\n"
-          "  map: %s\n"
-          "store:\n"
-          "  path: %s\n",
-          s->admin, o && o->listen ? o->listen : "", o && o->listen ? "\n" : "",
-          db, s->map, s->store);
+  harness_print_config(f, s->admin, o ? o->listen : NULL, db, s->map, s->store,
+                       o ? o->store : NULL);
   if (o && o->limits)
     fprintf(f, "limits:\n%s\n", o->limits);
   if (o && o->extra)
@@ -264,11 +201,13 @@ static inline void server_write_config(struct server *s,
 static inline void server_init(struct server *s, const struct server_opts *o)
 {
   memset(s, 0, sizeof(*s));
-  harness_mkdtemp(s->dir, sizeof(s->dir));
+  cr_assert_not_null(harness_temp_dir(s->dir, sizeof(s->dir), "gs"),
+                     "mkdtemp: %s", strerror(errno));
   snprintf(s->config, sizeof(s->config), "%s/geosteer.yaml", s->dir);
   snprintf(s->map, sizeof(s->map), "%s/map.yaml", s->dir);
   snprintf(s->admin, sizeof(s->admin), "%s/admin.sock", s->dir);
   snprintf(s->store, sizeof(s->store), "%s/geosteer.db", s->dir);
+  snprintf(s->key, sizeof(s->key), "%s/geosteer.key", s->dir);
   snprintf(s->log, sizeof(s->log), "%s/geosteerd.log", s->dir);
   if (o && o->asan_options)
     snprintf(s->asan_options, sizeof(s->asan_options), "%s", o->asan_options);
@@ -288,64 +227,13 @@ static inline char *server_log(const struct server *s)
   return text ? text : strdup("(no log)");
 }
 
-/* Forks the daemon with args (NULL-terminated); output appends to log. */
-static inline pid_t harness_spawn(const struct server *s, const char *log,
-                                  char *const argv[])
+/* Forks argv as harness_spawn does; fails the test if it cannot fork. */
+static inline pid_t harness_fork(const char *log, char *const argv[],
+                                 const char *asan_options)
 {
-  pid_t parent = getpid();
-  pid_t pid = fork();
-
+  pid_t pid = harness_spawn(log, argv, asan_options);
   cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
-  if (pid == 0) {
-    sigset_t none;
-    int fd;
-    /* Dies with the test, whichever way the test ends. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-      _exit(127);
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGPIPE, SIG_DFL);
-    fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd < 0)
-      _exit(127);
-    dup2(fd, STDOUT_FILENO);
-    dup2(fd, STDERR_FILENO);
-    fd = open("/dev/null", O_RDONLY);
-    if (fd >= 0)
-      dup2(fd, STDIN_FILENO);
-    for (int i = 3; i < 1024; i++)
-      close(i);
-    if (s && s->asan_options[0]) {
-      char opts[1024];
-      const char *old = getenv("ASAN_OPTIONS");
-      snprintf(opts, sizeof(opts), "%s%s%s", old ? old : "", old ? ":" : "",
-               s->asan_options);
-      setenv("ASAN_OPTIONS", opts, 1);
-    }
-    execv(argv[0], argv);
-    dprintf(STDERR_FILENO, "harness: cannot run %s: %s\n", argv[0],
-            strerror(errno));
-    _exit(127);
-  }
   return pid;
-}
-
-/* Finds "event=listening kind=KIND addr=127.0.0.1:PORT" in text. */
-static inline uint16_t harness_listen_port(const char *text, const char *kind)
-{
-  char needle[96];
-  const char *p;
-
-  snprintf(needle, sizeof(needle),
-           "event=listening kind=%s addr=127.0.0.1:", kind);
-  p = strstr(text, needle);
-  if (p == NULL)
-    return 0;
-  return (uint16_t)strtoul(p + strlen(needle), NULL, 10);
 }
 
 /*
@@ -357,12 +245,11 @@ static inline void server_start(struct server *s)
 {
   const char *bin = harness_daemon_path();
   char *argv[] = {(char *)bin, "-c", s->config, NULL};
-  struct stat st;
   int64_t deadline = harness_now_ms() + HARNESS_START_WAIT_MS;
 
   cr_assert_eq(s->pid, 0, "daemon already running");
-  s->log_start = stat(s->log, &st) == 0 ? (long)st.st_size : 0;
-  s->pid = harness_spawn(s, s->log, argv);
+  s->log_start = harness_file_size(s->log);
+  s->pid = harness_fork(s->log, argv, s->asan_options);
   harness_slot_of(s, true)->pid = s->pid;
   harness_slot_of(s, true)->log_start = s->log_start;
   for (;;) {
@@ -388,30 +275,6 @@ static inline void server_start(struct server *s)
                      HARNESS_START_WAIT_MS, text);
     }
     free(text);
-    harness_sleep_ms(HARNESS_POLL_STEP_MS);
-  }
-}
-
-/*
- * Waits (bounded) for pid to exit; returns its wait status, or -1 after
- * killing it when it did not exit within ms.
- */
-static inline int harness_wait_exit(pid_t pid, int ms)
-{
-  int64_t deadline = harness_now_ms() + ms;
-  int status;
-
-  for (;;) {
-    pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid)
-      return status;
-    if (r < 0 && errno != EINTR)
-      return -1;
-    if (harness_now_ms() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
     harness_sleep_ms(HARNESS_POLL_STEP_MS);
   }
 }
@@ -504,7 +367,7 @@ static inline int harness_run_daemon(const char *dir, char *const args[],
     argv[n++] = args[i];
   argv[n] = NULL;
   status =
-      harness_wait_exit(harness_spawn(NULL, path, argv), HARNESS_START_WAIT_MS);
+      harness_wait_exit(harness_fork(path, argv, NULL), HARNESS_START_WAIT_MS);
   *out = harness_read_file(path, 0, NULL);
   if (*out == NULL)
     *out = strdup("");
@@ -606,6 +469,19 @@ static inline const msgpack_object *admin_call(gs_client *c, const char *method,
   return r;
 }
 
+/* Calls a method that must fail with an error reply; returns its code
+ * (err gets the whole error, valid until the next call on c). */
+static inline int admin_call_error(gs_client *c, const char *method,
+                                   const gs_arg *args, size_t n,
+                                   gs_remote_error *err)
+{
+  const msgpack_object *r = NULL;
+  int rc = gs_client_call(c, method, args, n, &r, err);
+  cr_assert_eq(rc, GS_ERR_REMOTE, "%s: expected an error reply, got %s", method,
+               rc == 0 ? "a result" : gs_client_strerror(rc));
+  return err->code;
+}
+
 /* Routes and requires success. */
 static inline gs_route_answer route_ok(gs_client *c, const char *ip)
 {
@@ -669,6 +545,15 @@ static inline uint64_t obj_get_u64(const msgpack_object *o, const char *key)
   uint64_t v = obj_u64(obj_get(o, key));
   cr_assert_neq(v, UINT64_MAX, "no unsigned integer '%s' in the reply", key);
   return v;
+}
+
+/* The boolean at key of map o; fails the test when missing. */
+static inline bool obj_get_bool(const msgpack_object *o, const char *key)
+{
+  const msgpack_object *v = obj_get(o, key);
+  cr_assert(v && v->type == MSGPACK_OBJECT_BOOLEAN,
+            "no boolean '%s' in the reply", key);
+  return v->via.boolean;
 }
 
 /* True when map o has exactly the keys listed (NULL-terminated). */
@@ -983,6 +868,23 @@ static inline size_t raw_send_until_stalled(int fd, const void *out, size_t len,
     sent += (size_t)w;
   }
   return sent;
+}
+
+/* GET path from 127.0.0.1:port; returns the whole response (malloc'd). */
+static inline char *http_get(uint16_t port, const char *path)
+{
+  char req[256];
+  struct rbuf in = {0};
+  int fd = raw_connect_port(port), end;
+
+  cr_assert_geq(fd, 0, "connect to metrics: %s", strerror(errno));
+  snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path);
+  end = raw_exchange(fd, req, strlen(req), &in, 0, HARNESS_IO_WAIT_MS, NULL);
+  cr_assert_eq(end, RAW_EOF, "metrics: %s", raw_end_name(end));
+  close(fd);
+  in.data = realloc(in.data, in.len + 1);
+  in.data[in.len] = '\0';
+  return in.data;
 }
 
 /* ---- packing requests -------------------------------------------------- */

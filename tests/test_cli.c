@@ -3,7 +3,6 @@
  * as a separate process, checking exit status and output.
  */
 #include <criterion/criterion.h>
-#include <sys/wait.h>
 
 #include "helpers.h"
 
@@ -12,21 +11,10 @@ static int run_cli(const char *args, char *out, size_t size)
 {
   char cmd[8192];
   const char *bin = getenv("GS_CLI");
-  size_t used = 0;
 
-  snprintf(cmd, sizeof(cmd), "cd '%s' && '%s' %s 2>&1", src_path(""),
+  snprintf(cmd, sizeof(cmd), "cd '%s' && '%s' %s", src_path(""),
            bin ? bin : "build/geosteer", args);
-  FILE *p = popen(cmd, "r");
-  cr_assert_not_null(p);
-  while (used + 1 < size) {
-    size_t n = fread(out + used, 1, size - used - 1, p);
-    if (n == 0)
-      break;
-    used += n;
-  }
-  out[used] = '\0';
-  int status = pclose(p);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run_command(cmd, out, size);
 }
 
 static char out[1 << 16];

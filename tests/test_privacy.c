@@ -7,8 +7,9 @@
  * the CLI's optout commands, and (when make test provides it) a short run
  * of the kill -9 crash harness.
  *
- * Each test starts its own daemon (optout_harness.h) and stops it with
- * SIGTERM at the end, which also checks that it exits 0 without leaks.
+ * Each test starts its own daemon (server_harness.h, through
+ * optout_harness.h) and stops it with SIGTERM at the end, which also
+ * checks that it exits 0 without leaks.
  */
 #include <criterion/criterion.h>
 #include <stdarg.h>
@@ -17,7 +18,7 @@
 #include "optout_harness.h"
 
 /* One timeout for the suite (per-test values leak under LeakSanitizer). */
-TestSuite(privacy, .fini = oh_fini);
+TestSuite(privacy, .fini = harness_fini);
 
 #define LONDON "81.2.69.5"           /* city override: lhr, reason city */
 #define FRANKFURT6 "2a02:1000::1234" /* nearest: fra */
@@ -36,7 +37,7 @@ static const msgpack_object *optout(gs_client *a, const char *method,
     args[n++] = (gs_arg){"actor", actor, false};
   if (reason)
     args[n++] = (gs_arg){"reason", reason, false};
-  return oh_call(a, method, args, n);
+  return admin_call(a, method, args, n);
 }
 
 static const msgpack_object *set(gs_client *a, const char *user)
@@ -51,19 +52,19 @@ static const msgpack_object *clear(gs_client *a, const char *user)
 
 static bool opted_out(gs_client *a, const char *user)
 {
-  return oh_bool(optout(a, "optout.get", user, NULL, NULL), "opted_out");
+  return obj_get_bool(optout(a, "optout.get", user, NULL, NULL), "opted_out");
 }
 
 static uint64_t count(gs_client *a)
 {
-  return oh_u64(oh_call(a, "optout.count", NULL, 0), "count");
+  return obj_get_u64(admin_call(a, "optout.count", NULL, 0), "count");
 }
 
 /* Length of user's exported history. */
 static uint32_t history_len(gs_client *a, const char *user)
 {
   const msgpack_object *h =
-      oh_get(optout(a, "optout.export", user, NULL, NULL), "history");
+      obj_get(optout(a, "optout.export", user, NULL, NULL), "history");
   cr_assert(h && h->type == MSGPACK_OBJECT_ARRAY, "export has no history");
   return h->via.array.size;
 }
@@ -73,7 +74,7 @@ static void expect_error(gs_client *c, const char *method, const gs_arg *args,
                          size_t n, int code)
 {
   gs_remote_error err = {0};
-  int got = oh_call_error(c, method, args, n, &err);
+  int got = admin_call_error(c, method, args, n, &err);
   cr_assert_eq(got, code, "%s: expected %s (%d), got %s (%d): %s", method,
                gs_code_name(code), code, err.name, got, err.message);
   cr_assert_str_eq(err.name, gs_code_name(code));
@@ -121,11 +122,11 @@ static void expect_not_geolocated(const gs_route_answer *a, const char *reason)
 /* Waits (bounded) until stats.geo_lookups equals want; fails otherwise. */
 static void expect_geo_lookups(gs_client *a, uint64_t want)
 {
-  int64_t deadline = oh_now_ms() + 2000;
+  int64_t deadline = harness_now_ms() + 2000;
   uint64_t got;
   /* Worker counters are relaxed: the reader may be one request behind. */
-  while ((got = oh_geo_lookups(a, NULL)) != want && oh_now_ms() < deadline)
-    oh_sleep_ms(10);
+  while ((got = oh_geo_lookups(a, NULL)) != want && harness_now_ms() < deadline)
+    harness_sleep_ms(10);
   cr_assert_eq(got, want, "geo_lookups %llu, expected %llu",
                (unsigned long long)got, (unsigned long long)want);
 }
@@ -148,13 +149,12 @@ static const char *cli_path(void)
 }
 
 /* Runs the CLI against d's admin socket with args; status, output in out. */
-static int cli(const struct oh_daemon *d, const char *args, char *out,
-               size_t size)
+static int cli(const struct server *d, const char *args, char *out, size_t size)
 {
   char cmd[8192];
   snprintf(cmd, sizeof(cmd), "'%s' --admin '%s' %s", cli_path(), d->admin,
            args);
-  return oh_run(cmd, out, size);
+  return run_command(cmd, out, size);
 }
 
 static const char *const keys_set[] = {"opted_out", "changed", "since", NULL};
@@ -174,75 +174,75 @@ static const char *const keys_event_reason[] = {"at", "action", "actor",
 
 Test(privacy, admin_methods_return_their_documented_results)
 {
-  struct oh_daemon d;
-  oh_init(&d, NULL);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d);
+  struct server d;
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d);
   int64_t t0 = (int64_t)time(NULL);
   const msgpack_object *r;
 
   r = optout(a, "optout.set", "alice", "agent-1", "asked by mail");
-  cr_assert(oh_has_exactly(r, keys_set), "optout.set keys");
-  cr_assert(oh_bool(r, "opted_out"));
-  cr_assert(oh_bool(r, "changed"));
-  int64_t since = (int64_t)oh_u64(r, "since");
+  cr_assert(obj_has_exactly(r, keys_set), "optout.set keys");
+  cr_assert(obj_get_bool(r, "opted_out"));
+  cr_assert(obj_get_bool(r, "changed"));
+  int64_t since = (int64_t)obj_get_u64(r, "since");
   cr_assert(since >= t0 && since <= (int64_t)time(NULL));
 
   /* Idempotent: the same state, changed false, the first since kept. */
   r = optout(a, "optout.set", "alice", "agent-2", NULL);
-  cr_assert(oh_has_exactly(r, keys_set));
-  cr_assert(oh_bool(r, "opted_out"));
-  cr_assert(!oh_bool(r, "changed"), "a second set reports a change");
-  cr_assert_eq((int64_t)oh_u64(r, "since"), since);
+  cr_assert(obj_has_exactly(r, keys_set));
+  cr_assert(obj_get_bool(r, "opted_out"));
+  cr_assert(!obj_get_bool(r, "changed"), "a second set reports a change");
+  cr_assert_eq((int64_t)obj_get_u64(r, "since"), since);
 
   r = optout(a, "optout.get", "alice", NULL, NULL);
-  cr_assert(oh_has_exactly(r, keys_get_on), "optout.get keys (opted out)");
-  cr_assert(oh_bool(r, "opted_out"));
-  cr_assert_eq((int64_t)oh_u64(r, "since"), since);
+  cr_assert(obj_has_exactly(r, keys_get_on), "optout.get keys (opted out)");
+  cr_assert(obj_get_bool(r, "opted_out"));
+  cr_assert_eq((int64_t)obj_get_u64(r, "since"), since);
   cr_assert_eq(count(a), 1u);
-  cr_assert(oh_has_exactly(oh_call(a, "optout.count", NULL, 0),
-                           (const char *const[]){"count", NULL}));
+  cr_assert(obj_has_exactly(admin_call(a, "optout.count", NULL, 0),
+                            (const char *const[]){"count", NULL}));
 
   r = optout(a, "optout.clear", "alice", "agent-3", "changed their mind");
-  cr_assert(oh_has_exactly(r, keys_clear), "optout.clear keys");
-  cr_assert(!oh_bool(r, "opted_out"));
-  cr_assert(oh_bool(r, "changed"));
+  cr_assert(obj_has_exactly(r, keys_clear), "optout.clear keys");
+  cr_assert(!obj_get_bool(r, "opted_out"));
+  cr_assert(obj_get_bool(r, "changed"));
   r = optout(a, "optout.clear", "alice", "agent-3", NULL);
-  cr_assert(!oh_bool(r, "changed"), "a second clear reports a change");
+  cr_assert(!obj_get_bool(r, "changed"), "a second clear reports a change");
   r = optout(a, "optout.get", "alice", NULL, NULL);
-  cr_assert(oh_has_exactly(r, keys_get_off), "optout.get keys (not opted)");
-  cr_assert(!oh_bool(r, "opted_out"));
+  cr_assert(obj_has_exactly(r, keys_get_off), "optout.get keys (not opted)");
+  cr_assert(!obj_get_bool(r, "opted_out"));
   cr_assert_eq(count(a), 0u);
 
   /* Export: one event per change, oldest first, reason only when given. */
   r = optout(a, "optout.export", "alice", NULL, NULL);
-  cr_assert(oh_has_exactly(r, keys_export_off), "optout.export keys");
-  const msgpack_object *h = oh_get(r, "history");
+  cr_assert(obj_has_exactly(r, keys_export_off), "optout.export keys");
+  const msgpack_object *h = obj_get(r, "history");
   cr_assert_eq(h->type, MSGPACK_OBJECT_ARRAY);
   cr_assert_eq(h->via.array.size, 2u);
   const msgpack_object *e0 = &h->via.array.ptr[0], *e1 = &h->via.array.ptr[1];
-  cr_assert(oh_has_exactly(e0, keys_event_reason));
-  cr_assert(oh_is_str(oh_get(e0, "action"), "set"));
-  cr_assert(oh_is_str(oh_get(e0, "actor"), "agent-1"));
-  cr_assert(oh_is_str(oh_get(e0, "reason"), "asked by mail"));
-  cr_assert(oh_has_exactly(e1, keys_event_reason));
-  cr_assert(oh_is_str(oh_get(e1, "action"), "clear"));
-  cr_assert(oh_is_str(oh_get(e1, "actor"), "agent-3"));
-  cr_assert((int64_t)oh_u64(e0, "at") >= t0);
-  cr_assert(oh_u64(e1, "at") >= oh_u64(e0, "at"));
+  cr_assert(obj_has_exactly(e0, keys_event_reason));
+  cr_assert(obj_is_str(obj_get(e0, "action"), "set"));
+  cr_assert(obj_is_str(obj_get(e0, "actor"), "agent-1"));
+  cr_assert(obj_is_str(obj_get(e0, "reason"), "asked by mail"));
+  cr_assert(obj_has_exactly(e1, keys_event_reason));
+  cr_assert(obj_is_str(obj_get(e1, "action"), "clear"));
+  cr_assert(obj_is_str(obj_get(e1, "actor"), "agent-3"));
+  cr_assert((int64_t)obj_get_u64(e0, "at") >= t0);
+  cr_assert(obj_get_u64(e1, "at") >= obj_get_u64(e0, "at"));
 
   r = optout(a, "optout.set", "bob", "agent-1", NULL);
   r = optout(a, "optout.export", "bob", NULL, NULL);
-  cr_assert(oh_has_exactly(r, keys_export_on));
-  h = oh_get(r, "history");
+  cr_assert(obj_has_exactly(r, keys_export_on));
+  h = obj_get(r, "history");
   cr_assert_eq(h->via.array.size, 1u);
-  cr_assert(oh_has_exactly(&h->via.array.ptr[0], keys_event),
+  cr_assert(obj_has_exactly(&h->via.array.ptr[0], keys_event),
             "an event without a reason has no reason key");
 
   r = optout(a, "optout.erase", "bob", "agent-dpo", NULL);
-  cr_assert(oh_has_exactly(r, keys_erase), "optout.erase keys");
-  cr_assert_eq(oh_u64(r, "erased_events"), 1u);
-  cr_assert(oh_bool(r, "opted_out"));
+  cr_assert(obj_has_exactly(r, keys_erase), "optout.erase keys");
+  cr_assert_eq(obj_get_u64(r, "erased_events"), 1u);
+  cr_assert(obj_get_bool(r, "opted_out"));
 
   static const char *const batch1[] = {"m1", "m2", "m3"};
   static const char *const batch2[] = {"m1", "m4", "bob", "m4"};
@@ -250,30 +250,30 @@ Test(privacy, admin_methods_return_their_documented_results)
   cr_assert_eq(gs_client_call_users(a, "optout.set_many", batch1, 3, "bulk",
                                     NULL, &r, &err),
                0, "%s", err.message);
-  cr_assert(oh_has_exactly(r, keys_set_many), "optout.set_many keys");
-  cr_assert_eq(oh_u64(r, "added"), 3u);
-  cr_assert_eq(oh_u64(r, "already"), 0u);
+  cr_assert(obj_has_exactly(r, keys_set_many), "optout.set_many keys");
+  cr_assert_eq(obj_get_u64(r, "added"), 3u);
+  cr_assert_eq(obj_get_u64(r, "already"), 0u);
   cr_assert_eq(gs_client_call_users(a, "optout.set_many", batch2, 4, "bulk",
                                     "import", &r, &err),
                0, "%s", err.message);
-  cr_assert_eq(oh_u64(r, "added"), 1u, "m4 only (once)");
-  cr_assert_eq(oh_u64(r, "already"), 3u);
+  cr_assert_eq(obj_get_u64(r, "added"), 1u, "m4 only (once)");
+  cr_assert_eq(obj_get_u64(r, "already"), 3u);
   cr_assert_eq(count(a), 5u);
   cr_assert(opted_out(a, "m4"));
   cr_assert_eq(history_len(a, "m4"), 1u, "a duplicate made two events");
 
   expect_error(a, "optout.frobnicate", NULL, 0, GS_CODE_UNKNOWN_METHOD);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 Test(privacy, export_returns_only_that_users_data)
 {
-  struct oh_daemon d;
-  oh_init(&d, NULL);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d);
+  struct server d;
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d);
 
   optout(a, "optout.set", "user-one", "agent-a", "reason-one-a");
   optout(a, "optout.clear", "user-one", "agent-b", NULL);
@@ -281,49 +281,51 @@ Test(privacy, export_returns_only_that_users_data)
   optout(a, "optout.set", "user-two", "agent-z", "reason-two-z");
 
   const msgpack_object *r = optout(a, "optout.export", "user-one", NULL, NULL);
-  cr_assert(oh_bool(r, "opted_out"));
-  const msgpack_object *h = oh_get(r, "history");
+  cr_assert(obj_get_bool(r, "opted_out"));
+  const msgpack_object *h = obj_get(r, "history");
   cr_assert_eq(h->via.array.size, 3u);
   static const char *const actions[] = {"set", "clear", "set"};
   static const char *const actors[] = {"agent-a", "agent-b", "agent-c"};
   for (uint32_t i = 0; i < 3; i++) {
     const msgpack_object *e = &h->via.array.ptr[i];
-    cr_assert(oh_is_str(oh_get(e, "action"), actions[i]), "event %u", i);
-    cr_assert(oh_is_str(oh_get(e, "actor"), actors[i]), "event %u", i);
-    cr_assert(!oh_is_str(oh_get(e, "reason"), "reason-two-z"));
+    cr_assert(obj_is_str(obj_get(e, "action"), actions[i]), "event %u", i);
+    cr_assert(obj_is_str(obj_get(e, "actor"), actors[i]), "event %u", i);
+    cr_assert(!obj_is_str(obj_get(e, "reason"), "reason-two-z"));
   }
-  cr_assert(oh_is_str(oh_get(&h->via.array.ptr[0], "reason"), "reason-one-a"));
-  cr_assert_null(oh_get(&h->via.array.ptr[1], "reason"));
+  cr_assert(
+      obj_is_str(obj_get(&h->via.array.ptr[0], "reason"), "reason-one-a"));
+  cr_assert_null(obj_get(&h->via.array.ptr[1], "reason"));
 
   r = optout(a, "optout.export", "user-two", NULL, NULL);
-  h = oh_get(r, "history");
+  h = obj_get(r, "history");
   cr_assert_eq(h->via.array.size, 1u);
-  cr_assert(oh_is_str(oh_get(&h->via.array.ptr[0], "actor"), "agent-z"));
-  cr_assert(oh_is_str(oh_get(&h->via.array.ptr[0], "reason"), "reason-two-z"));
+  cr_assert(obj_is_str(obj_get(&h->via.array.ptr[0], "actor"), "agent-z"));
+  cr_assert(
+      obj_is_str(obj_get(&h->via.array.ptr[0], "reason"), "reason-two-z"));
 
   /* Someone never seen: not opted out, empty history. */
   r = optout(a, "optout.export", "user-three", NULL, NULL);
-  cr_assert(oh_has_exactly(r, keys_export_off));
-  cr_assert(!oh_bool(r, "opted_out"));
-  cr_assert_eq(oh_get(r, "history")->via.array.size, 0u);
+  cr_assert(obj_has_exactly(r, keys_export_off));
+  cr_assert(!obj_get_bool(r, "opted_out"));
+  cr_assert_eq(obj_get(r, "history")->via.array.size, 0u);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 Test(privacy, erase_removes_history_and_keeps_the_optout)
 {
-  struct oh_daemon d;
-  oh_init(&d, NULL);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d), *r = oh_router(&d);
+  struct server d;
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d), *r = server_client(&d);
 
   set(a, "keeps-optout");
   set(a, "bystander");
   const msgpack_object *e =
       optout(a, "optout.erase", "keeps-optout", "agent-dpo", NULL);
-  cr_assert_eq(oh_u64(e, "erased_events"), 1u);
-  cr_assert(oh_bool(e, "opted_out"));
+  cr_assert_eq(obj_get_u64(e, "erased_events"), 1u);
+  cr_assert(obj_get_bool(e, "opted_out"));
   cr_assert_eq(history_len(a, "keeps-optout"), 0u);
   cr_assert(opted_out(a, "keeps-optout"));
   cr_assert_eq(history_len(a, "bystander"), 1u, "another user's history went");
@@ -334,18 +336,18 @@ Test(privacy, erase_removes_history_and_keeps_the_optout)
   set(a, "comes-and-goes");
   clear(a, "comes-and-goes");
   e = optout(a, "optout.erase", "comes-and-goes", "agent-dpo", NULL);
-  cr_assert_eq(oh_u64(e, "erased_events"), 2u);
-  cr_assert(!oh_bool(e, "opted_out"));
+  cr_assert_eq(obj_get_u64(e, "erased_events"), 2u);
+  cr_assert(!obj_get_bool(e, "opted_out"));
   e = optout(a, "optout.export", "comes-and-goes", NULL, NULL);
-  cr_assert(!oh_bool(e, "opted_out"));
-  cr_assert_eq(oh_get(e, "history")->via.array.size, 0u);
+  cr_assert(!obj_get_bool(e, "opted_out"));
+  cr_assert_eq(obj_get(e, "history")->via.array.size, 0u);
   ans = route(r, "comes-and-goes", LONDON, NULL, false);
   cr_assert_str_eq(ans.reason, "city");
   cr_assert_eq(oh_audit_rows(d.store), 1, "only bystander's event is left");
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 /* ---- bad input writes nothing ------------------------------------------- */
@@ -602,15 +604,15 @@ static void pack_request(msgpack_sbuffer *sb, uint32_t msgid,
 
 Test(privacy, bad_input_writes_nothing)
 {
-  struct oh_daemon d;
+  struct server d;
   struct oh_raw raw;
   msgpack_sbuffer sb;
   char msg[600];
 
   fill_long_texts();
-  oh_init(&d, NULL);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d);
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d);
   optout(a, "optout.set", "witness", "agent", "first");
   optout(a, "optout.clear", "witness", "agent", NULL);
   optout(a, "optout.set", "witness", "agent", NULL);
@@ -628,7 +630,7 @@ Test(privacy, bad_input_writes_nothing)
     const struct bad_case *c = &bad_cases[i];
     uint32_t msgid = 100 + (uint32_t)i;
     pack_request(&sb, msgid, c->method, c->args);
-    cr_assert(oh_raw_exchange(&raw, sb.data, sb.size, OH_CALL_MS),
+    cr_assert(oh_raw_exchange(&raw, sb.data, sb.size, HARNESS_CALL_MS),
               "%s: no reply", c->what);
     int code = oh_reply_error_code(&raw.reply, msgid);
     oh_reply_message(&raw.reply, msg, sizeof(msg));
@@ -656,27 +658,27 @@ Test(privacy, bad_input_writes_nothing)
   msgpack_sbuffer_destroy(&sb);
   oh_raw_close(&raw);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 Test(privacy, limits_are_inclusive)
 {
-  struct oh_daemon d;
+  struct server d;
   struct oh_raw raw;
   msgpack_sbuffer sb;
 
   fill_long_texts();
-  oh_init(&d, NULL);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d), *r = oh_router(&d);
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d), *r = server_client(&d);
 
   user128[128] = '\0';
   actor64[64] = '\0';
   reason256[256] = '\0';
   const msgpack_object *res =
       optout(a, "optout.set", user128, actor64, reason256);
-  cr_assert(oh_bool(res, "changed"));
+  cr_assert(obj_get_bool(res, "changed"));
   cr_assert(opted_out(a, user128));
   gs_route_answer ans = route(r, user128, LONDON, NULL, false);
   expect_not_geolocated(&ans, "optout");
@@ -691,11 +693,11 @@ Test(privacy, limits_are_inclusive)
       {"users", V_ARRAY, NULL, GS_BATCH_MAX, many_users},
       STR("actor", "agent")};
   pack_request(&sb, 7, "optout.set_many", args);
-  cr_assert(oh_raw_exchange(&raw, sb.data, sb.size, OH_CALL_MS));
+  cr_assert(oh_raw_exchange(&raw, sb.data, sb.size, HARNESS_CALL_MS));
   cr_assert_eq(oh_reply_error_code(&raw.reply, 7), 0, "1000 users refused");
   const msgpack_object *result = &raw.reply.via.array.ptr[3];
-  cr_assert_eq(oh_u64(result, "added"), (uint64_t)GS_BATCH_MAX);
-  cr_assert_eq(oh_u64(result, "already"), 0u);
+  cr_assert_eq(obj_get_u64(result, "added"), (uint64_t)GS_BATCH_MAX);
+  cr_assert_eq(obj_get_u64(result, "already"), 0u);
   cr_assert_eq(count(a), (uint64_t)GS_BATCH_MAX + 2);
   cr_assert(opted_out(a, "batch-user-999"));
   cr_assert(!opted_out(a, "batch-user-1000"));
@@ -710,18 +712,18 @@ Test(privacy, limits_are_inclusive)
   oh_raw_close(&raw);
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 /* ---- routing ------------------------------------------------------------ */
 
 Test(privacy, opted_out_users_are_not_geolocated)
 {
-  struct oh_daemon d;
-  oh_init(&d, NULL);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d), *r = oh_router(&d);
+  struct server d;
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d), *r = server_client(&d);
   gs_route_answer ans;
   uint64_t g = 0;
 
@@ -755,16 +757,16 @@ Test(privacy, opted_out_users_are_not_geolocated)
   expect_geo_lookups(a, g);
 
   gs_arg fra = {"dc", "fra", false}, ams = {"dc", "ams", false};
-  oh_call(a, "dc.drain", &fra, 1);
+  admin_call(a, "dc.drain", &fra, 1);
   ans = route(r, "route-user", LONDON, "fra", false);
   expect_not_geolocated(&ans, "optout");
   expect_order(&ans, "ams", "iad", NULL);
-  oh_call(a, "dc.undrain", &fra, 1);
-  oh_call(a, "dc.drain", &ams, 1);
+  admin_call(a, "dc.undrain", &fra, 1);
+  admin_call(a, "dc.drain", &ams, 1);
   ans = route(r, "route-user", LONDON, NULL, false);
   expect_not_geolocated(&ans, "optout");
   expect_order(&ans, "iad", NULL);
-  oh_call(a, "dc.undrain", &ams, 1);
+  admin_call(a, "dc.undrain", &ams, 1);
   expect_geo_lookups(a, g);
 
   /* no_geo for anyone: nogeo, the default order, no lookup. */
@@ -805,16 +807,16 @@ Test(privacy, opted_out_users_are_not_geolocated)
   expect_geo_lookups(a, g);
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 Test(privacy, anonymous_nogeo_skips_geolocation_without_a_user)
 {
-  struct oh_daemon d;
-  oh_init(&d, &(struct oh_opts){.extra = "anonymous: nogeo"});
-  oh_start(&d);
-  gs_client *a = oh_admin(&d), *r = oh_router(&d);
+  struct server d;
+  server_init(&d, &(struct server_opts){.extra = "anonymous: nogeo"});
+  server_start(&d);
+  gs_client *a = server_admin(&d), *r = server_client(&d);
   gs_route_answer ans;
 
   ans = route(r, NULL, LONDON, NULL, false);
@@ -836,14 +838,14 @@ Test(privacy, anonymous_nogeo_skips_geolocation_without_a_user)
   expect_geo_lookups(a, 1);
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 /* ---- failing closed ----------------------------------------------------- */
 
 /* Every route request answers optout, without a lookup. */
-static void expect_fail_closed(struct oh_daemon *d, gs_client *a, gs_client *r)
+static void expect_fail_closed(struct server *d, gs_client *a, gs_client *r)
 {
   gs_route_answer ans;
   gs_arg user = {"user", "closed-user", false};
@@ -882,24 +884,24 @@ static void expect_fail_closed(struct oh_daemon *d, gs_client *a, gs_client *r)
   cr_assert_eq(err.code, GS_CODE_STORE_UNAVAILABLE);
 
   if (d->metrics_port) {
-    char *m = oh_http_get(d->metrics_port, "/metrics");
+    char *m = http_get(d->metrics_port, "/metrics");
     cr_assert(strstr(m, "\ngeosteer_store_healthy 0\n"), "%s", m);
     free(m);
   }
 }
 
 /* Waits (up to 20 s) for the store to become healthy again. */
-static void expect_recovery(struct oh_daemon *d, gs_client *a, gs_client *r)
+static void expect_recovery(struct server *d, gs_client *a, gs_client *r)
 {
-  int64_t deadline = oh_now_ms() + 20000;
+  int64_t deadline = harness_now_ms() + 20000;
   gs_route_answer ans;
 
   while (!store_healthy(a)) {
-    if (oh_now_ms() > deadline) {
-      char *log = oh_log(d);
+    if (harness_now_ms() > deadline) {
+      char *log = server_log(d);
       cr_assert_fail("the store did not recover within 20 s:\n%s", log);
     }
-    oh_sleep_ms(100);
+    harness_sleep_ms(100);
   }
   ans = route(r, "closed-user", LONDON, NULL, false);
   cr_assert_str_eq(ans.reason, "city");
@@ -910,36 +912,37 @@ static void expect_recovery(struct oh_daemon *d, gs_client *a, gs_client *r)
   expect_not_geolocated(&ans, "optout");
   cr_assert_eq(count(a), 1u);
   if (d->metrics_port) {
-    char *m = oh_http_get(d->metrics_port, "/metrics");
+    char *m = http_get(d->metrics_port, "/metrics");
     cr_assert(strstr(m, "\ngeosteer_store_healthy 1\n"), "%s", m);
     free(m);
   }
 }
 
 /* geosteerd -t on d's config: its exit status, output in out. */
-static int check_config(const struct oh_daemon *d, char *out, size_t size)
+static int check_config(const struct server *d, char *out, size_t size)
 {
   char cmd[1024];
-  snprintf(cmd, sizeof(cmd), "'%s' -t -c '%s'", oh_daemon_path(), d->config);
-  return oh_run(cmd, out, size);
+  snprintf(cmd, sizeof(cmd), "'%s' -t -c '%s'", harness_daemon_path(),
+           d->config);
+  return run_command(cmd, out, size);
 }
 
 Test(privacy, missing_store_folder_fails_closed_then_recovers)
 {
-  struct oh_daemon d;
-  struct oh_opts o = {.metrics = true};
-  char out[8192], folder[OH_PATH / 2 + 16];
+  struct server d;
+  struct server_opts o = {.listen = "  metrics: \"127.0.0.1:0\""};
+  char out[8192], folder[HARNESS_PATH_MAX / 2 + 16];
 
-  oh_init(&d, &o);
+  server_init(&d, &o);
   snprintf(folder, sizeof(folder), "%s/not-yet", d.dir);
   snprintf(d.store, sizeof(d.store), "%s/geosteer.db", folder);
   snprintf(d.key, sizeof(d.key), "%s/geosteer.key", folder);
-  oh_write_config(&d, &o);
+  server_write_config(&d, &o);
 
-  oh_start(&d);
-  gs_client *a = oh_admin(&d), *r = oh_router(&d);
+  server_start(&d);
+  gs_client *a = server_admin(&d), *r = server_client(&d);
   expect_fail_closed(&d, a, r);
-  char *log = oh_log(&d);
+  char *log = server_log(&d);
   cr_assert(strstr(log, "event=store_unavailable"), "%s", log);
   free(log);
 
@@ -955,26 +958,26 @@ Test(privacy, missing_store_folder_fails_closed_then_recovers)
                out);
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 Test(privacy, store_that_is_not_a_database_fails_closed_then_recovers)
 {
   static const char text[] = "this file is not an SQLite database\n"
                              "but a few lines of text\n";
-  struct oh_daemon d;
-  struct oh_opts o = {.metrics = true};
-  char out[8192], fresh[OH_PATH];
+  struct server d;
+  struct server_opts o = {.listen = "  metrics: \"127.0.0.1:0\""};
+  char out[8192], fresh[HARNESS_PATH_MAX];
 
-  oh_init(&d, &o);
+  server_init(&d, &o);
   /* A damaged store whose key survived (a key is only made with a new
    * store: with the store present and no key the daemon would wait for
    * the key to be restored instead). */
-  oh_write_file(d.store, text, sizeof(text) - 1);
-  oh_write_file(d.key, "00112233445566778899aabbccddeeff\n", 33);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d), *r = oh_router(&d);
+  harness_write_bytes(d.store, text, sizeof(text) - 1);
+  harness_write_bytes(d.key, "00112233445566778899aabbccddeeff\n", 33);
+  server_start(&d);
+  gs_client *a = server_admin(&d), *r = server_client(&d);
   expect_fail_closed(&d, a, r);
 
   int st = check_config(&d, out, sizeof(out));
@@ -983,13 +986,13 @@ Test(privacy, store_that_is_not_a_database_fails_closed_then_recovers)
 
   /* Replace the file (atomically) with an empty one: a valid database. */
   snprintf(fresh, sizeof(fresh), "%s/fresh.db", d.dir);
-  oh_write_file(fresh, "", 0);
+  harness_write_bytes(fresh, "", 0);
   cr_assert_eq(rename(fresh, d.store), 0);
   expect_recovery(&d, a, r);
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 /*
@@ -999,16 +1002,16 @@ Test(privacy, store_that_is_not_a_database_fails_closed_then_recovers)
  */
 Test(privacy, count_with_an_argument_is_answered_while_the_store_is_down)
 {
-  struct oh_daemon d;
+  struct server d;
   struct oh_raw raw;
   msgpack_sbuffer sb;
   char msg[600];
 
-  oh_init(&d, NULL);
+  server_init(&d, NULL);
   snprintf(d.store, sizeof(d.store), "%s/absent/geosteer.db", d.dir);
   snprintf(d.key, sizeof(d.key), "%s/absent/geosteer.key", d.dir);
-  oh_write_config(&d, NULL);
-  oh_start(&d);
+  server_write_config(&d, NULL);
+  server_start(&d);
   oh_raw_open(&raw, d.admin);
   msgpack_sbuffer_init(&sb);
   const struct value args[MAX_FIELDS] = {STR("user", "someone")};
@@ -1024,8 +1027,8 @@ Test(privacy, count_with_an_argument_is_answered_while_the_store_is_down)
   }
   msgpack_sbuffer_destroy(&sb);
   oh_raw_close(&raw);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 /* ---- restarts, the key, retention --------------------------------------- */
@@ -1033,31 +1036,33 @@ Test(privacy, count_with_an_argument_is_answered_while_the_store_is_down)
 /* stats.store.optouts: the size of the daemon's index. */
 static uint64_t index_count(gs_client *a)
 {
-  return oh_u64(oh_get(oh_call(a, "stats", NULL, 0), "store"), "optouts");
+  return obj_get_u64(obj_get(admin_call(a, "stats", NULL, 0), "store"),
+                     "optouts");
 }
 
 Test(privacy, optouts_survive_a_restart_and_a_lost_key_fails_closed)
 {
-  struct oh_daemon d;
-  char keys[OH_PATH / 2 + 16], keyfile[OH_PATH], saved[OH_PATH], out[8192];
-  char lines[OH_PATH + 32];
+  struct server d;
+  char keys[HARNESS_PATH_MAX / 2 + 16], keyfile[HARNESS_PATH_MAX],
+      saved[HARNESS_PATH_MAX], out[8192];
+  char lines[HARNESS_PATH_MAX + 32];
   static const char *const batch[] = {"persist-2", "persist-3"};
   const msgpack_object *res;
   gs_remote_error err = {0};
   gs_route_answer ans;
   struct stat st;
 
-  oh_init(&d, NULL);
+  server_init(&d, NULL);
   snprintf(keys, sizeof(keys), "%s/keys", d.dir);
   cr_assert_eq(mkdir(keys, 0700), 0);
   snprintf(keyfile, sizeof(keyfile), "%s/custom.key", keys);
   snprintf(saved, sizeof(saved), "%s/custom.key.saved", d.dir);
   snprintf(lines, sizeof(lines), "  key_file: %s", keyfile);
-  struct oh_opts o = {.store_lines = lines};
-  oh_write_config(&d, &o);
+  struct server_opts o = {.store = lines};
+  server_write_config(&d, &o);
 
-  oh_start(&d);
-  gs_client *a = oh_admin(&d), *r = oh_router(&d);
+  server_start(&d);
+  gs_client *a = server_admin(&d), *r = server_client(&d);
   set(a, "persist-1");
   cr_assert_eq(gs_client_call_users(a, "optout.set_many", batch, 2, "agent",
                                     NULL, &res, &err),
@@ -1069,12 +1074,12 @@ Test(privacy, optouts_survive_a_restart_and_a_lost_key_fails_closed)
   cr_assert_neq(access(d.key, F_OK), 0, "a key beside the store as well");
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
+  server_stop(&d);
 
   /* Restarted: the index is loaded from the store, with the same key. */
-  oh_start(&d);
-  a = oh_admin(&d);
-  r = oh_router(&d);
+  server_start(&d);
+  a = server_admin(&d);
+  r = server_client(&d);
   cr_assert(store_healthy(a));
   cr_assert_eq(count(a), 3u);
   cr_assert_eq(index_count(a), 3u);
@@ -1089,14 +1094,14 @@ Test(privacy, optouts_survive_a_restart_and_a_lost_key_fails_closed)
   cr_assert_str_eq(ans.reason, "city");
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
+  server_stop(&d);
 
   /* The key is lost: the daemon must not make a new one (it would match
    * none of the stored opt-outs); it fails closed until it is restored. */
   cr_assert_eq(rename(keyfile, saved), 0);
-  oh_start(&d);
-  a = oh_admin(&d);
-  r = oh_router(&d);
+  server_start(&d);
+  a = server_admin(&d);
+  r = server_client(&d);
   cr_assert(!store_healthy(a), "started healthy without its key");
   ans = route(r, "persist-1", LONDON, NULL, false);
   expect_not_geolocated(&ans, "optout");
@@ -1104,7 +1109,7 @@ Test(privacy, optouts_survive_a_restart_and_a_lost_key_fails_closed)
   expect_not_geolocated(&ans, "optout");
   expect_geo_lookups(a, 0);
   cr_assert_neq(access(keyfile, F_OK), 0, "a new key was made");
-  char *log = oh_log(&d);
+  char *log = server_log(&d);
   cr_assert(strstr(log, "custom.key"), "the log does not name the key:\n%s",
             log);
   free(log);
@@ -1113,10 +1118,11 @@ Test(privacy, optouts_survive_a_restart_and_a_lost_key_fails_closed)
   cr_assert(strstr(out, "custom.key"), "-t does not name the key:\n%s", out);
 
   cr_assert_eq(rename(saved, keyfile), 0);
-  int64_t deadline = oh_now_ms() + 20000;
+  int64_t deadline = harness_now_ms() + 20000;
   while (!store_healthy(a)) {
-    cr_assert_leq(oh_now_ms(), deadline, "no recovery after the key came back");
-    oh_sleep_ms(100);
+    cr_assert_leq(harness_now_ms(), deadline,
+                  "no recovery after the key came back");
+    harness_sleep_ms(100);
   }
   ans = route(r, "persist-1", LONDON, NULL, false);
   expect_not_geolocated(&ans, "optout");
@@ -1125,8 +1131,8 @@ Test(privacy, optouts_survive_a_restart_and_a_lost_key_fails_closed)
   cr_assert_eq(index_count(a), 3u);
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 /* Runs sql on the (stopped daemon's) store with sqlite3. */
@@ -1145,16 +1151,16 @@ static void store_exec(const char *store, const char *sql)
 
 Test(privacy, old_audit_events_are_purged_at_start)
 {
-  struct oh_daemon d;
+  struct server d;
   char sql[512];
   int64_t now = (int64_t)time(NULL);
 
-  oh_init(&d, NULL);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d);
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d);
   set(a, "recent-user");
   gs_client_close(a);
-  oh_stop(&d);
+  server_stop(&d);
   snprintf(sql, sizeof(sql),
            "INSERT INTO audit(uid, at, action, actor) VALUES "
            "(zeroblob(16), %lld, 'set', 'old'), "
@@ -1165,20 +1171,20 @@ Test(privacy, old_audit_events_are_purged_at_start)
   store_exec(d.store, sql);
   cr_assert_eq(oh_audit_rows(d.store), 4);
 
-  oh_write_config(
-      &d, &(struct oh_opts){.store_lines = "  audit_retention_days: 1"});
-  oh_start(&d);
+  server_write_config(
+      &d, &(struct server_opts){.store = "  audit_retention_days: 1"});
+  server_start(&d);
   cr_assert_eq(oh_audit_rows(d.store), 2, "events older than a day remain");
-  char *log = oh_log(&d);
+  char *log = server_log(&d);
   cr_assert(strstr(log, "event=audit_purged events=2 retention_days=1"), "%s",
             log);
   free(log);
-  a = oh_admin(&d);
+  a = server_admin(&d);
   cr_assert_eq(history_len(a, "recent-user"), 1u);
   cr_assert(opted_out(a, "recent-user"), "purging removed an opt-out");
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 /* ---- changes take effect at once ---------------------------------------- */
@@ -1188,10 +1194,10 @@ Test(privacy, old_audit_events_are_purged_at_start)
 
 Test(privacy, set_and_clear_take_effect_immediately)
 {
-  struct oh_daemon d;
-  oh_init(&d, NULL);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d), *r = oh_router(&d);
+  struct server d;
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d), *r = server_client(&d);
   char users[IMMEDIACY_USERS][32];
   int after_set = 0, after_clear = 0;
 
@@ -1222,8 +1228,8 @@ Test(privacy, set_and_clear_take_effect_immediately)
                2u * IMMEDIACY_ROUNDS / IMMEDIACY_USERS);
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 /* ---- raw ids and addresses stay out of files ---------------------------- */
@@ -1251,9 +1257,9 @@ static void expect_no_raw_ids(const char *path, const char *what)
   }
 }
 
-static void expect_store_files_clean(const struct oh_daemon *d)
+static void expect_store_files_clean(const struct server *d)
 {
-  char path[OH_PATH + 8];
+  char path[HARNESS_PATH_MAX + 8];
   expect_no_raw_ids(d->store, "store");
   snprintf(path, sizeof(path), "%s-wal", d->store);
   expect_no_raw_ids(path, "store's WAL");
@@ -1265,15 +1271,15 @@ static void expect_store_files_clean(const struct oh_daemon *d)
 
 Test(privacy, raw_ids_and_addresses_never_reach_disk_or_the_log)
 {
-  struct oh_daemon d;
-  char id[64], out[16384], file[OH_PATH + 16], args[1024];
+  struct server d;
+  char id[64], out[16384], file[HARNESS_PATH_MAX + 16], args[1024];
   struct oh_raw raw;
   msgpack_sbuffer sb;
 
   fill_long_texts();
-  oh_init(&d, NULL);
-  oh_start(&d);
-  gs_client *a = oh_admin(&d), *r = oh_router(&d);
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d), *r = server_client(&d);
 
   for (int n = 0; n < 10; n++) {
     raw_id(n, id, sizeof(id));
@@ -1325,14 +1331,14 @@ Test(privacy, raw_ids_and_addresses_never_reach_disk_or_the_log)
                                                STR("actor", "grep-agent"),
                                                STRN("reason", reason257, 257)};
   pack_request(&sb, 1, "optout.set", bad_reason);
-  cr_assert(oh_raw_exchange(&raw, sb.data, sb.size, OH_CALL_MS));
+  cr_assert(oh_raw_exchange(&raw, sb.data, sb.size, HARNESS_CALL_MS));
   cr_assert_eq(oh_reply_error_code(&raw.reply, 1), GS_CODE_BAD_REQUEST);
   const struct value bad_batch_users[] = {STR(NULL, id),
                                           STR(NULL, RAW_PREFIX "x\xff")};
   const struct value bad_batch[MAX_FIELDS] = {
       {"users", V_ARRAY, NULL, 2, bad_batch_users}, STR("actor", "grep-agent")};
   pack_request(&sb, 2, "optout.set_many", bad_batch);
-  cr_assert(oh_raw_exchange(&raw, sb.data, sb.size, OH_CALL_MS));
+  cr_assert(oh_raw_exchange(&raw, sb.data, sb.size, HARNESS_CALL_MS));
   cr_assert_eq(oh_reply_error_code(&raw.reply, 2), GS_CODE_BAD_REQUEST);
   msgpack_sbuffer_destroy(&sb);
   oh_raw_close(&raw);
@@ -1352,7 +1358,7 @@ Test(privacy, raw_ids_and_addresses_never_reach_disk_or_the_log)
   expect_store_files_clean(&d);
   gs_client_close(r);
   gs_client_close(a);
-  oh_stop(&d);
+  server_stop(&d);
   expect_store_files_clean(&d);
   expect_no_raw_ids(d.log, "daemon's log");
   cr_assert(!oh_file_contains(d.log, LONDON, strlen(LONDON)),
@@ -1362,19 +1368,19 @@ Test(privacy, raw_ids_and_addresses_never_reach_disk_or_the_log)
   /* The log is not simply empty: the changes were logged, without ids. */
   cr_assert(oh_file_contains(d.log, "event=optout_set", 16));
   cr_assert(oh_file_contains(d.log, "event=optout_history_erased", 27));
-  oh_destroy(&d);
+  server_destroy(&d);
 }
 
 /* ---- the CLI ------------------------------------------------------------ */
 
 Test(privacy, cli_optout_commands)
 {
-  struct oh_daemon d;
+  struct server d;
   char out[16384];
   int st;
 
-  oh_init(&d, NULL);
-  oh_start(&d);
+  server_init(&d, NULL);
+  server_start(&d);
 
   st = cli(&d, "optout set cli-user-1 --actor agent-cli --reason 'by phone'",
            out, sizeof(out));
@@ -1432,22 +1438,22 @@ Test(privacy, cli_optout_commands)
   cr_assert_eq(st, 1, "%s", out);
   cr_assert(strstr(out, "BAD_REQUEST (1)"), "%s", out);
   cr_assert(!strstr(out, "wwwwwwww"), "the error echoes the id: %s", out);
-  gs_client *a = oh_admin(&d);
+  gs_client *a = server_admin(&d);
   cr_assert_eq(count(a), 0u);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 Test(privacy, cli_import_counts_and_reports_bad_lines)
 {
-  struct oh_daemon d;
-  char out[16384], args[1024], file[OH_PATH + 16], expect[1024];
+  struct server d;
+  char out[16384], args[1024], file[HARNESS_PATH_MAX + 16], expect[1024];
   char q200[201];
   int st;
 
-  oh_init(&d, NULL);
-  oh_start(&d);
+  server_init(&d, NULL);
+  server_start(&d);
   memset(q200, 'q', 200);
   q200[200] = '\0';
   /*
@@ -1461,7 +1467,7 @@ Test(privacy, cli_import_counts_and_reports_bad_lines)
                      "imp-\xff\xfe-zz\nimp-user-c\nimp-user-d\r\n",
                      q200);
   snprintf(file, sizeof(file), "%s/users.txt", d.dir);
-  oh_write_file(file, content, (size_t)len);
+  harness_write_bytes(file, content, (size_t)len);
 
   snprintf(args, sizeof(args), "optout import '%s' --actor agent-bulk", file);
   st = cli(&d, args, out, sizeof(out));
@@ -1481,7 +1487,7 @@ Test(privacy, cli_import_counts_and_reports_bad_lines)
   cr_assert(!strstr(out, "-zz") && !strstr(out, "\xff"),
             "the invalid line is echoed:\n%s", out);
 
-  gs_client *a = oh_admin(&d);
+  gs_client *a = server_admin(&d);
   cr_assert_eq(count(a), 4u);
   cr_assert(opted_out(a, "imp-user-a") && opted_out(a, "imp-user-b") &&
             opted_out(a, "imp-user-c"));
@@ -1526,8 +1532,8 @@ Test(privacy, cli_import_counts_and_reports_bad_lines)
   snprintf(args, sizeof(args), "optout import '%s/nope.txt' --actor x", d.dir);
   cr_assert_eq(cli(&d, args, out, sizeof(out)), 1, "%s", out);
   gs_client_close(a);
-  oh_stop(&d);
-  oh_destroy(&d);
+  server_stop(&d);
+  server_destroy(&d);
 }
 
 /* ---- kill -9 ------------------------------------------------------------ */
@@ -1540,12 +1546,12 @@ Test(privacy, crash_harness_short_run)
 
   if (crash == NULL)
     cr_skip_test("GS_CRASH is not set (make test sets it)");
-  oh_fixture("tests/fixtures/city-test.mmdb", db);
-  oh_fixture("tests/fixtures/maps/test-map.yaml", map);
+  harness_fixture("tests/fixtures/city-test.mmdb", db);
+  harness_fixture("tests/fixtures/maps/test-map.yaml", map);
   snprintf(cmd, sizeof(cmd),
            "'%s' --acks 200 --kills 3 --daemon '%s' --db '%s' --map '%s'",
-           crash, oh_daemon_path(), db, map);
-  int st = oh_run(cmd, out, sizeof(out));
+           crash, harness_daemon_path(), db, map);
+  int st = run_command(cmd, out, sizeof(out));
   cr_assert_eq(st, 0, "crash harness exited %d:\n%s", st, out);
   cr_assert(strstr(out, " lost=0 integrity=ok"), "%s", out);
 }

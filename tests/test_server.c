@@ -1282,23 +1282,6 @@ Test(server, explain_shows_rule_answer_and_ranking)
   finish(&s);
 }
 
-/* GET path from the metrics port; returns the whole response (malloc'd). */
-static char *http_get(uint16_t port, const char *path)
-{
-  char req[256];
-  struct rbuf in = {0};
-  int fd = raw_connect_port(port), end;
-
-  cr_assert_geq(fd, 0, "connect to metrics: %s", strerror(errno));
-  snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path);
-  end = raw_exchange(fd, req, strlen(req), &in, 0, HARNESS_IO_WAIT_MS, NULL);
-  cr_assert_eq(end, RAW_EOF, "metrics: %s", raw_end_name(end));
-  close(fd);
-  in.data = realloc(in.data, in.len + 1);
-  in.data[in.len] = '\0';
-  return in.data;
-}
-
 Test(server, metrics_serve_prometheus_text)
 {
   struct server s;

@@ -24,7 +24,6 @@
  * intact, and every opt-out has exactly its one audit event.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -35,13 +34,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "../daemon_harness.h"
 #include "geosteer/client.h"
 
 #define START_WAIT_MS 20000   /* daemon start, log polled */
@@ -72,20 +69,6 @@ struct run {
 
 /* ---- small utilities ---------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-    ;
-}
-
 /* splitmix64: the fixed-seed source of every random choice. */
 static uint64_t next_random(struct run *r)
 {
@@ -108,105 +91,67 @@ static void die(const char *fmt, ...)
   exit(1);
 }
 
-static long file_size(const char *path)
+/* The log from offset from; malloc'd, never NULL. */
+static char *read_log(const struct run *r, long from)
 {
-  struct stat st;
-  return stat(path, &st) == 0 ? (long)st.st_size : 0;
-}
-
-/* True when the file holds needle from offset from on. */
-static bool log_has(const char *path, long from, const char *needle)
-{
-  FILE *f = fopen(path, "rb");
-  char *buf;
-  long size;
-  bool found;
-
-  if (f == NULL)
-    return false;
-  fseek(f, 0, SEEK_END);
-  size = ftell(f);
-  if (from > size)
-    from = size;
-  fseek(f, from, SEEK_SET);
-  buf = malloc((size_t)(size - from) + 1);
-  if (buf == NULL)
+  char *text = harness_read_file(r->log, from, NULL);
+  if (text == NULL && (text = strdup("")) == NULL)
     die("out of memory");
-  size = (long)fread(buf, 1, (size_t)(size - from), f);
-  buf[size] = '\0';
-  fclose(f);
-  found = strstr(buf, needle) != NULL;
-  free(buf);
-  return found;
+  return text;
 }
 
 /* Prints the log from offset from to stderr (for a failure). */
 static void dump_log(const struct run *r, long from)
 {
-  FILE *f = fopen(r->log, "rb");
-  char line[4096];
+  char *text = harness_read_file(r->log, from, NULL);
 
-  if (f == NULL)
+  if (text == NULL)
     return;
-  fseek(f, from, SEEK_SET);
   fprintf(stderr, "--- daemon log ---\n");
-  while (fgets(line, sizeof(line), f))
-    fputs(line, stderr);
-  fclose(f);
+  fputs(text, stderr);
+  free(text);
 }
 
 /* ---- the daemon --------------------------------------------------------- */
 
 static pid_t spawn(const struct run *r)
 {
-  pid_t parent = getpid();
-  pid_t pid = fork();
+  char *argv[] = {(char *)r->o.daemon, "-c", (char *)r->config, NULL};
+  pid_t pid = harness_spawn(r->log, argv, NULL);
 
   if (pid < 0)
     die("fork: %s", strerror(errno));
-  if (pid == 0) {
-    char *argv[] = {(char *)r->o.daemon, "-c", (char *)r->config, NULL};
-    int fd;
-    /* Never outlive the harness. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-      _exit(127);
-    fd = open(r->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd < 0)
-      _exit(127);
-    dup2(fd, STDOUT_FILENO);
-    dup2(fd, STDERR_FILENO);
-    fd = open("/dev/null", O_RDONLY);
-    if (fd >= 0)
-      dup2(fd, STDIN_FILENO);
-    for (int i = 3; i < 1024; i++)
-      close(i);
-    execv(argv[0], argv);
-    _exit(127);
-  }
   return pid;
 }
 
-/* Waits for event=started after from; false if the daemon exited. */
-static bool wait_started(const struct run *r, pid_t pid, long from)
+/*
+ * Waits for event=started after from; dies if the daemon exits or does
+ * not start in time. Returns the route listener's port.
+ */
+static uint16_t wait_started(const struct run *r, pid_t pid, long from)
 {
-  int64_t deadline = now_ms() + START_WAIT_MS;
+  int64_t deadline = harness_now_ms() + START_WAIT_MS;
   int status;
 
   for (;;) {
-    if (log_has(r->log, from, "event=started"))
-      return true;
+    char *text = read_log(r, from);
+    if (strstr(text, "event=started")) {
+      uint16_t port = harness_listen_port(text, "route");
+      free(text);
+      return port;
+    }
+    free(text);
     if (waitpid(pid, &status, WNOHANG) == pid) {
       dump_log(r, from);
       die("geosteerd exited during start (status 0x%x)", (unsigned)status);
     }
-    if (now_ms() > deadline) {
+    if (harness_now_ms() > deadline) {
       kill(pid, SIGKILL);
       waitpid(pid, NULL, 0);
       dump_log(r, from);
       die("geosteerd did not start within %d ms", START_WAIT_MS);
     }
-    sleep_ms(5);
+    harness_sleep_ms(5);
   }
 }
 
@@ -233,7 +178,7 @@ struct killer {
 static void *killer_main(void *arg)
 {
   struct killer *k = arg;
-  sleep_ms(k->delay_ms);
+  harness_sleep_ms((int)k->delay_ms);
   kill(k->pid, SIGKILL);
   return NULL;
 }
@@ -299,7 +244,7 @@ static void write_until_killed(struct run *r, gs_client *c)
 /* One start and kill; returns after the daemon is reaped. */
 static void round_once(struct run *r)
 {
-  long from = file_size(r->log);
+  long from = harness_file_size(r->log);
   bool early = r->rounds % EARLY_KILL_EVERY == EARLY_KILL_EVERY - 1;
   long acked_before = r->nacked;
   struct killer k;
@@ -310,7 +255,7 @@ static void round_once(struct run *r)
   k.pid = pid;
   if (early) {
     k.delay_ms = (long)(next_random(r) % EARLY_KILL_SPAN_MS);
-    sleep_ms(k.delay_ms);
+    harness_sleep_ms((int)k.delay_ms);
     kill(pid, SIGKILL);
     reap_killed(r, pid, from);
     r->nkills++;
@@ -342,29 +287,6 @@ static void round_once(struct run *r)
 
 /* ---- the final check ---------------------------------------------------- */
 
-/* The route listener's address from the log after from. */
-static void route_addr(const struct run *r, long from, char *out, size_t size)
-{
-  static const char needle[] = "event=listening kind=route addr=";
-  FILE *f = fopen(r->log, "rb");
-  char line[4096];
-
-  out[0] = '\0';
-  if (f == NULL)
-    return;
-  fseek(f, from, SEEK_SET);
-  while (fgets(line, sizeof(line), f)) {
-    char *p = strstr(line, needle);
-    if (p) {
-      p += sizeof(needle) - 1;
-      p[strcspn(p, " \n")] = '\0';
-      snprintf(out, size, "%s", p);
-      break;
-    }
-  }
-  fclose(f);
-}
-
 /*
  * Asks for every acknowledged user, in the store (optout.get) and on the
  * route path (the index loaded at start); returns how many are not opted
@@ -372,18 +294,18 @@ static void route_addr(const struct run *r, long from, char *out, size_t size)
  */
 static long count_lost(struct run *r, int64_t *stored)
 {
-  long from = file_size(r->log);
+  long from = harness_file_size(r->log);
   pid_t pid = spawn(r);
   gs_client *c = NULL, *route = NULL;
   char user[32], where[80];
   gs_arg arg = {"user", user, false};
   long lost = 0;
   int rc, status;
+  uint16_t port = wait_started(r, pid, from);
 
-  wait_started(r, pid, from);
   if ((rc = gs_client_connect(r->admin, CALL_MS, &c)) != 0)
     die("connect %s: %s", r->admin, gs_client_strerror(rc));
-  route_addr(r, from, where, sizeof(where));
+  snprintf(where, sizeof(where), "127.0.0.1:%u", (unsigned)port);
   if ((rc = gs_client_connect(where, CALL_MS, &route)) != 0)
     die("connect to the route listener '%s': %s", where,
         gs_client_strerror(rc));
@@ -424,15 +346,9 @@ static long count_lost(struct run *r, int64_t *stored)
   gs_client_close(c);
 
   kill(pid, SIGTERM);
-  int64_t deadline = now_ms() + STOP_WAIT_MS;
-  while (waitpid(pid, &status, WNOHANG) != pid) {
-    if (now_ms() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, NULL, 0);
-      die("geosteerd did not stop within %d ms of SIGTERM", STOP_WAIT_MS);
-    }
-    sleep_ms(10);
-  }
+  status = harness_wait_exit(pid, STOP_WAIT_MS);
+  if (status == -1)
+    die("geosteerd did not stop within %d ms of SIGTERM", STOP_WAIT_MS);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     dump_log(r, from);
     die("geosteerd exited with status 0x%x after SIGTERM", (unsigned)status);
@@ -548,7 +464,6 @@ static void parse(int argc, char **argv, struct opts *o)
 
 static void setup(struct run *r)
 {
-  const char *tmp = getenv("TMPDIR");
   char db[PATH_MAX], map[PATH_MAX], daemon_path[PATH_MAX];
   FILE *f;
 
@@ -559,11 +474,7 @@ static void setup(struct run *r)
   if (realpath(r->o.daemon, daemon_path) == NULL)
     die("%s: %s (build it with make)", r->o.daemon, strerror(errno));
   r->o.daemon = strdup(daemon_path);
-  /* The admin socket path must fit sun_path. */
-  if (tmp == NULL || tmp[0] == '\0' || strlen(tmp) > 60)
-    tmp = "/tmp";
-  snprintf(r->dir, sizeof(r->dir), "%s/gs-crash-XXXXXX", tmp);
-  if (mkdtemp(r->dir) == NULL)
+  if (harness_temp_dir(r->dir, sizeof(r->dir), "gs-crash") == NULL)
     die("mkdtemp: %s", strerror(errno));
   snprintf(r->config, sizeof(r->config), "%s/geosteer.yaml", r->dir);
   snprintf(r->admin, sizeof(r->admin), "%s/admin.sock", r->dir);
@@ -572,36 +483,17 @@ static void setup(struct run *r)
   f = fopen(r->config, "w");
   if (f == NULL)
     die("%s: %s", r->config, strerror(errno));
-  fprintf(f,
-          "listen:\n"
-          "  route: [\"127.0.0.1:0\"]\n"
-          "  admin: %s\n"
-          "geo:\n"
-          "  database: %s\n"
-          "  map: %s\n"
-          "store:\n"
-          "  path: %s\n",
-          r->admin, db, map, r->store);
+  harness_print_config(f, r->admin, NULL, db, map, r->store, NULL);
   fclose(f);
 }
 
 static void cleanup(const struct run *r)
 {
-  static const char *const names[] = {
-      "geosteer.yaml",   "geosteer.db",         "geosteer.db-wal",
-      "geosteer.db-shm", "geosteer.db-journal", "geosteer.key",
-      "admin.sock",      "geosteerd.log",       NULL};
-  char path[512];
-
   if (r->o.keep) {
     fprintf(stderr, "optout-crash: kept %s\n", r->dir);
     return;
   }
-  for (const char *const *n = names; *n; n++) {
-    snprintf(path, sizeof(path), "%s/%s", r->dir, *n);
-    unlink(path);
-  }
-  rmdir(r->dir);
+  harness_remove_dir(r->dir);
 }
 
 int main(int argc, char **argv)
