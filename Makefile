@@ -183,12 +183,16 @@ fuzz: $(BUILD)/fuzz-scan
 # make bench-load [BENCH_N=requests] [BENCH_PAIRS=3]: geosteerd's route
 # listener and Redis under the same closed-loop load from $(BUILD)/loadgen;
 # bench/bench-load.sh starts both servers on free loopback ports and prints
-# `name: value unit` lines (docs/benchmarks.md). loadgen needs only libc.
+# `name: value unit` lines (docs/benchmarks.md). loadgen needs only libc;
+# its load engine (bench/loadgen_core.c, bench/loadgen_rpc.c) also drives
+# bench-optout's route.
 .PHONY: bench-load
 
-$(BUILD)/loadgen: bench/loadgen.c server/rng.h | deps
-	@mkdir -p $(BUILD)
-	$(CC) $(BASE_CFLAGS) $(OPT_CFLAGS) $(CFLAGS) -o $@ bench/loadgen.c
+LOADGEN_CORE_OBJ := $(BUILD)/opt/bench/loadgen_core.o \
+                    $(BUILD)/opt/bench/loadgen_rpc.o
+
+$(BUILD)/loadgen: $(BUILD)/opt/bench/loadgen.o $(LOADGEN_CORE_OBJ)
+	$(CC) $(OPT_CFLAGS) $(CFLAGS) -o $@ $^
 
 bench-load: $(BUILD)/loadgen $(BUILD)/geosteerd $(GEODB)
 	LOADGEN=$(CURDIR)/$(BUILD)/loadgen GEOSTEERD=$(CURDIR)/$(BUILD)/geosteerd \
@@ -204,7 +208,7 @@ bench-load: $(BUILD)/loadgen $(BUILD)/geosteerd $(GEODB)
 # user), and durable optout.set calls (docs/benchmarks.md).
 .PHONY: bench-optout
 
-$(BUILD)/bench-optout: $(BUILD)/opt/bench/bench_optout.o \
+$(BUILD)/bench-optout: $(BUILD)/opt/bench/bench_optout.o $(LOADGEN_CORE_OBJ) \
                       $(BUILD)/opt/server/store.o $(BUILD)/opt/server/optout.o \
                       $(BUILD)/opt/client/gsclient.o $(BUILD)/libgeosteer.a
 	$(CC) $(OPT_CFLAGS) $(CFLAGS) -o $@ $^ $(PKG_LIBS)
