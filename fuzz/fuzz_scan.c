@@ -22,39 +22,49 @@
 
 #define SERVER_MAX_MESSAGE 4096 /* the default limits.max_message */
 
+/* The value of the first key named name in args, or NULL. */
+static const msgpack_object *first_value(const msgpack_object *args,
+                                         const char *name)
+{
+  for (uint32_t i = 0; args && i < args->via.map.size; i++) {
+    const msgpack_object *k = &args->via.map.ptr[i].key;
+    if (k->type == MSGPACK_OBJECT_STR && rpc_str_is(k->via.str, name))
+      return &args->via.map.ptr[i].val;
+  }
+  return NULL;
+}
+
+/* A text rpc_peek_route gave is the decoder's string, inside the data. */
+static void same_text(const char *text, size_t len, const msgpack_object *o,
+                      const uint8_t *data, size_t size)
+{
+  if (text == NULL) {
+    if (o != NULL)
+      __builtin_trap();
+    return;
+  }
+  if (o == NULL || o->type != MSGPACK_OBJECT_STR || o->via.str.size != len ||
+      (len > 0 && o->via.str.ptr != text) || /* "" may have no ptr */
+      text < (const char *)data || text + len > (const char *)data + size)
+    __builtin_trap();
+}
+
 /*
  * rpc_peek_route reads route requests without decoding them; where it
  * claims one, the decoder must see the same method and the same first
- * "ip" (or none), and the text must lie inside the message.
+ * "ip" and "user" (or none).
  */
 static void peek_agrees(const uint8_t *data, size_t size,
                         const struct rpc_request *req)
 {
-  const char *ip;
-  size_t ip_len;
-  const msgpack_object *found = NULL;
+  struct rpc_peek pk;
 
-  if (!rpc_peek_route((const char *)data, size, &ip, &ip_len))
+  if (!rpc_peek_route((const char *)data, size, &pk))
     return;
   if (req->type != GS_RPC_REQUEST || !rpc_str_is(req->method, "route"))
     __builtin_trap();
-  for (uint32_t i = 0; req->args && i < req->args->via.map.size; i++) {
-    const msgpack_object *k = &req->args->via.map.ptr[i].key;
-    if (k->type == MSGPACK_OBJECT_STR && rpc_str_is(k->via.str, "ip")) {
-      found = &req->args->via.map.ptr[i].val;
-      break;
-    }
-  }
-  if (ip == NULL) {
-    if (found != NULL)
-      __builtin_trap();
-    return;
-  }
-  if (found == NULL || found->type != MSGPACK_OBJECT_STR ||
-      found->via.str.size != ip_len ||
-      (ip_len > 0 && found->via.str.ptr != ip) || /* "" may have no ptr */
-      ip < (const char *)data || ip + ip_len > (const char *)data + size)
-    __builtin_trap();
+  same_text(pk.ip, pk.ip_len, first_value(req->args, "ip"), data, size);
+  same_text(pk.user, pk.user_len, first_value(req->args, "user"), data, size);
 }
 
 /* Same value, as far as any reader can tell (pointers aside). */

@@ -29,6 +29,7 @@
 #include "geo.h"
 #include "geosteer/geosteer.h"
 #include "geosteer/protocol.h"
+#include "optout.h"
 #include "share.h"
 #include "table.h"
 
@@ -85,6 +86,13 @@ struct snapshot {
   uint16_t share_dc[DCMAP_MAX_DCS];          /* see share_dc() */
 };
 
+/* Texts read ahead from a batch's input (see struct worker). */
+struct peek_list {
+  const char *text[CONN_BATCH];
+  size_t len[CONN_BATCH];
+  size_t n, next;
+};
+
 struct worker {
   struct daemon *d;
   int index;
@@ -95,14 +103,14 @@ struct worker {
   struct share_ring *share; /* NULL when sharing is off */
   struct conn_server srv;
   /*
-   * The "ip" texts route_prefetch read in the batch being handled, and
-   * their addresses, in request order, so that route() need not parse
-   * them again: peek_text[i] points into the connection's input.
+   * What route_prefetch read from the batch being handled, so that route()
+   * need not work it out again: "ip" texts with their addresses and
+   * "user" texts with their opt-out ids, each list in request order, each
+   * text pointing into the connection's input.
    */
-  const char *peek_text[CONN_BATCH];
-  size_t peek_len[CONN_BATCH];
+  struct peek_list peek_ip, peek_user;
   addr128 peek_addr[CONN_BATCH];
-  size_t npeek, next_peek;
+  struct optout_uid peek_uid[CONN_BATCH];
   _Atomic uint64_t seen_epoch;
   struct worker_stats stats;
 };

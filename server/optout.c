@@ -245,6 +245,13 @@ bool optout_index_contains(const struct optout_index *ix,
   }
 }
 
+void optout_index_prefetch(const struct optout_index *ix,
+                           const struct optout_uid *u)
+{
+  uint64_t bits;
+  __builtin_prefetch((const void *)filter_word(ix, u->hi, &bits));
+}
+
 bool optout_index_full(const struct optout_index *ix)
 {
   return (ix->used + 1) * 100 > (ix->mask + 1) * MAX_LOAD_PCT;

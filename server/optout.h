@@ -59,6 +59,9 @@ void optout_index_free(struct optout_index *ix);
 /* Reader side: no allocation, no lock, no system call. */
 bool optout_index_contains(const struct optout_index *ix,
                            const struct optout_uid *u);
+/* Warms the cache for optout_index_contains(ix, u); changes nothing else. */
+void optout_index_prefetch(const struct optout_index *ix,
+                           const struct optout_uid *u);
 
 /*
  * Writer side (one thread). add returns 1 when added, 0 when present, or

@@ -68,22 +68,29 @@ static const msgpack_object **slot_for(struct route_values *rv,
 }
 
 /*
- * The address route_prefetch parsed from these very bytes, if it did:
- * the texts it read come in request order, so only the next is checked.
+ * Index in l of text, if route_prefetch read these very bytes, else -1.
+ * The texts come in request order, so only the next is checked; one that
+ * route() never asked for (a request refused first) is passed over.
  */
+static int peek_find(struct peek_list *l, const char *text, size_t len)
+{
+  while (l->next < l->n && l->text[l->next] < text)
+    l->next++;
+  if (len > 0 && l->next < l->n && l->text[l->next] == text &&
+      l->len[l->next] == len)
+    return (int)l->next++;
+  return -1;
+}
+
+/* The address route_prefetch parsed from these very bytes, if it did. */
 static bool peeked_address(struct conn *c, msgpack_object_str text,
                            addr128 *out)
 {
   struct worker *w = c->srv->ctx;
-
-  while (w->next_peek < w->npeek && w->peek_text[w->next_peek] < text.ptr)
-    w->next_peek++; /* a text route() did not reach: a request refused */
-  if (w->next_peek < w->npeek && w->peek_text[w->next_peek] == text.ptr &&
-      w->peek_len[w->next_peek] == text.size && text.size > 0) {
-    *out = w->peek_addr[w->next_peek++];
-    return true;
-  }
-  return false;
+  int k = peek_find(&w->peek_ip, text.ptr, text.size);
+  if (k >= 0)
+    *out = w->peek_addr[k];
+  return k >= 0;
 }
 
 /* Returns 0 or a protocol error code with why filled. */
@@ -309,7 +316,11 @@ static void route(struct worker *w, struct conn *c,
     reason = GS_REASON_OPTOUT;
   } else if (ra.user) {
     struct optout_uid uid;
-    optout_hash(w->d->optout_key, ra.user, ra.user_len, &uid);
+    int k = peek_find(&w->peek_user, ra.user, ra.user_len);
+    if (k >= 0)
+      uid = w->peek_uid[k];
+    else
+      optout_hash(w->d->optout_key, ra.user, ra.user_len, &uid);
     if (optout_index_contains(
             atomic_load_explicit(&w->d->optouts, memory_order_acquire), &uid))
       reason = GS_REASON_OPTOUT;
@@ -370,33 +381,43 @@ static void record_latency(struct worker *w, uint64_t ns)
 void route_prefetch(struct conn *c, const size_t *sizes, size_t n)
 {
   struct worker *w = c->srv->ctx;
+  const struct optout_index *ix =
+      atomic_load_explicit(&w->d->optouts, memory_order_acquire);
   addr128 a[CONN_BATCH];
   size_t na = 0, off = 0;
 
   /* What the last batch noted points into some buffer: forget it. */
-  w->npeek = w->next_peek = 0;
+  w->peek_ip.n = w->peek_ip.next = w->peek_user.n = w->peek_user.next = 0;
   if (n < 2)
     return; /* one message has nothing to overlap with */
   for (size_t i = 0; i < n; off += sizes[i++]) {
-    const char *ip;
-    size_t len;
+    struct rpc_peek pk;
     char text[ADDR_TEXT_MAX + 1];
-    if (!rpc_peek_route(c->in + off, sizes[i], &ip, &len))
+    if (!rpc_peek_route(c->in + off, sizes[i], &pk))
       continue;
-    if (ip == NULL) {
+    /* The opt-out check: hash the user now, warm its filter word. */
+    if (pk.user != NULL && pk.user_len > 0 && pk.user_len <= GS_USER_MAX) {
+      struct peek_list *l = &w->peek_user;
+      optout_hash(w->d->optout_key, pk.user, pk.user_len, &w->peek_uid[l->n]);
+      if (ix != NULL)
+        optout_index_prefetch(ix, &w->peek_uid[l->n]);
+      l->text[l->n] = pk.user;
+      l->len[l->n++] = pk.user_len;
+    }
+    if (pk.ip == NULL) {
       if (c->peer_known)
         a[na++] = c->peer;
       continue;
     }
-    if (len > ADDR_TEXT_MAX)
+    if (pk.ip_len > ADDR_TEXT_MAX)
       continue;
-    memcpy(text, ip, len);
-    text[len] = '\0';
+    memcpy(text, pk.ip, pk.ip_len);
+    text[pk.ip_len] = '\0';
     if (addr_parse(text, &a[na], NULL) != 0)
       continue;
-    w->peek_text[w->npeek] = ip;
-    w->peek_len[w->npeek] = len;
-    w->peek_addr[w->npeek++] = a[na++];
+    w->peek_ip.text[w->peek_ip.n] = pk.ip;
+    w->peek_ip.len[w->peek_ip.n] = pk.ip_len;
+    w->peek_addr[w->peek_ip.n++] = a[na++];
   }
   if (na > 1) {
     struct snapshot *s =

@@ -411,15 +411,23 @@ bool rpc_valid_text(const msgpack_object *o, size_t max)
          text_valid_utf8(o->via.str.ptr, o->via.str.size);
 }
 
-bool rpc_peek_route(const char *msg, size_t size, const char **ip,
-                    size_t *ip_len)
+/* A fixstr or str8 at p (before end): its text, or NULL. */
+static const char *peek_str(const uint8_t *p, const uint8_t *end, size_t *len)
+{
+  size_t hdr = (*p & 0xe0) == 0xa0 ? 1 : *p == 0xd9 ? 2 : 0;
+  if (hdr == 0 || (size_t)(end - p) < hdr)
+    return NULL;
+  *len = hdr == 1 ? (size_t)(*p & 0x1f) : p[1];
+  return (size_t)(end - p) >= hdr + *len ? (const char *)p + hdr : NULL;
+}
+
+bool rpc_peek_route(const char *msg, size_t size, struct rpc_peek *out)
 {
   const uint8_t *p = (const uint8_t *)msg, *end = p + size;
   size_t sz;
   unsigned pairs;
 
-  *ip = NULL;
-  *ip_len = 0;
+  memset(out, 0, sizeof(*out));
   if (size < 10 || p[0] != 0x94 || p[1] != 0x00)
     return false;
   p += 2;
@@ -437,16 +445,20 @@ bool rpc_peek_route(const char *msg, size_t size, const char **ip,
     size_t key_len = *p & 0x1f;
     if ((size_t)(end - p) < key_len + 2)
       return false; /* the key and at least a byte of value */
-    bool is_ip = key_len == 2 && memcmp(p + 1, "ip", 2) == 0;
-    p += 1 + key_len;
-    if (is_ip) {
-      size_t len = (*p & 0xe0) == 0xa0 ? (size_t)(*p & 0x1f) : SIZE_MAX;
-      if (len == SIZE_MAX || (size_t)(end - p) < len + 1)
-        return false;
-      *ip = (const char *)p + 1;
-      *ip_len = len;
-      return true;
+    const char *key = (const char *)p + 1;
+    const char **text = NULL;
+    size_t *text_len = NULL;
+    if (key_len == 2 && memcmp(key, "ip", 2) == 0 && out->ip == NULL) {
+      text = &out->ip;
+      text_len = &out->ip_len;
+    } else if (key_len == 4 && memcmp(key, "user", 4) == 0 &&
+               out->user == NULL) {
+      text = &out->user;
+      text_len = &out->user_len;
     }
+    p += 1 + key_len;
+    if (text != NULL && (*text = peek_str(p, end, text_len)) == NULL)
+      return false; /* not a string: leave it to the decoder */
     if (scan_message(p, (size_t)(end - p), (size_t)(end - p), SCAN_MAX_DEPTH,
                      &sz) != SCAN_OK)
       return false;

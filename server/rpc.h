@@ -36,16 +36,21 @@ struct rpc_request {
   const msgpack_object *args; /* the one map of params, or NULL for [] */
 };
 
+/* What rpc_peek_route read: texts inside the message, NULL when absent. */
+struct rpc_peek {
+  const char *ip, *user;
+  size_t ip_len, user_len;
+};
+
 /*
- * Reads a scanned message's bytes, without decoding them, for the address
- * of a route request: true when it is [0, msgid, "route", [map]] with a
- * fixmap of fixstr keys, and then *ip is the text of its "ip" key (a
- * fixstr, inside m) or NULL when it has none. False for anything else,
- * including what rpc_decode would accept in other forms; only a hint for
- * warming caches, never a decision.
+ * Reads a scanned message's bytes, without decoding them, for what warms
+ * the caches a route request will need: true when it is
+ * [0, msgid, "route", [map]] with a fixmap of fixstr keys, and then out
+ * holds the texts of its first "ip" and "user" (fixstr or str8). False for
+ * anything else, including what rpc_decode would accept in other forms;
+ * only a hint, never a decision.
  */
-bool rpc_peek_route(const char *m, size_t size, const char **ip,
-                    size_t *ip_len);
+bool rpc_peek_route(const char *m, size_t size, struct rpc_peek *out);
 
 /*
  * Decodes one whole scanned message into o (allocating from zone), as

@@ -811,6 +811,77 @@ Test(privacy, opted_out_users_are_not_geolocated)
   server_destroy(&d);
 }
 
+/*
+ * Pipelined requests have their users hashed ahead of handling (to warm
+ * the opt-out index) and reuse those hashes: every request must still get
+ * its own user's answer, also around a refused request and one without a
+ * user, and whatever position a user takes in the batch.
+ */
+Test(privacy, pipelined_users_each_get_their_own_answer)
+{
+  static const char *const users[] = {"p-in-0", "p-out-1", "p-in-2",  "p-out-3",
+                                      NULL,     "p-in-5",  "p-out-1", "p-in-0"};
+  const size_t n = sizeof(users) / sizeof(users[0]);
+  struct server d;
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  struct rbuf in = {0};
+  struct replies r;
+  int fd, end;
+
+  server_init(&d, NULL);
+  server_start(&d);
+  gs_client *a = server_admin(&d);
+  set(a, "p-out-1");
+  set(a, "p-out-3");
+  fd = raw_connect(&d);
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  for (size_t i = 0; i < n; i++) {
+    bool refused = i == 5; /* a bad session, refused before the user */
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, GS_RPC_REQUEST);
+    msgpack_pack_uint32(&pk, (uint32_t)i);
+    pack_cstr(&pk, "route");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 1 + (users[i] != NULL) + refused);
+    if (refused) {
+      pack_cstr(&pk, "session");
+      pack_cstr(&pk, "not a session!");
+    }
+    if (users[i]) {
+      pack_cstr(&pk, "user");
+      pack_cstr(&pk, users[i]);
+    }
+    pack_cstr(&pk, "ip");
+    pack_cstr(&pk, LONDON);
+  }
+  cr_assert_eq(send(fd, sb.data, sb.size, MSG_NOSIGNAL), (ssize_t)sb.size);
+  end = raw_exchange(fd, NULL, 0, &in, n, HARNESS_IO_WAIT_MS, NULL);
+  cr_assert_eq(end, RAW_REPLIES, "%s after %zu bytes", raw_end_name(end),
+               in.len);
+  replies_parse(&r, in.data, in.len);
+  cr_assert_eq(r.n, n);
+  for (size_t i = 0; i < n; i++) {
+    if (i == 5) {
+      cr_assert_null(error_reply_problem(&r.obj[i], 5, GS_CODE_BAD_REQUEST));
+      continue;
+    }
+    const msgpack_object *res = result_of(&r.obj[i], (uint32_t)i);
+    bool out = users[i] && strncmp(users[i], "p-out", 5) == 0;
+    cr_assert_not_null(res, "reply %zu", i);
+    cr_assert(obj_is_str(obj_get(res, "reason"), out ? "optout" : "city"),
+              "reply %zu (user %s)", i, users[i] ? users[i] : "none");
+  }
+  replies_free(&r);
+  close(fd);
+  rbuf_free(&in);
+  msgpack_sbuffer_destroy(&sb);
+  gs_client_close(a);
+  server_stop(&d);
+  server_destroy(&d);
+}
+
 Test(privacy, anonymous_nogeo_skips_geolocation_without_a_user)
 {
   struct server d;

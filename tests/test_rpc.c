@@ -85,9 +85,9 @@ Test(rpc, refuses_responses_and_bad_envelopes)
 
 /* rpc_peek_route: what it reads from a route request's bytes, and what it
  * leaves alone. sizeof - 1: the literals' NUL is not part of a message. */
-#define PEEK(lit, ip, len) rpc_peek_route(lit, sizeof(lit) - 1, ip, len)
+#define PEEK(lit, out) rpc_peek_route(lit, sizeof(lit) - 1, out)
 
-Test(rpc, peek_route_finds_the_ip_text)
+Test(rpc, peek_route_finds_the_ip_and_user_texts)
 {
   /* [0, 7, "route", [{"ip": "1.2.3.4"}]] */
   static const char one[] = "\x94\x00\x07\xa5route\x91\x81\xa2ip\xa7"
@@ -96,30 +96,42 @@ Test(rpc, peek_route_finds_the_ip_text)
   static const char later[] = "\x94\x00\xce\x00\x01\x11\x70\xa5route\x91\x83"
                               "\xa4user\xa1u\xa6no_geo\xc2\xa2ip\xa9"
                               "2001:db8::";
-  const char *ip;
-  size_t len;
+  /* an ip of 39 characters, as str8, and a user after it */
+  static const char str8[] =
+      "\x94\x00\x01\xa5route\x91\x82\xa2ip\xd9\x27"
+      "2001:0db8:0000:0000:0000:0000:0000:0001\xa4user\xa2uv";
+  struct rpc_peek pk;
 
-  cr_assert(PEEK(one, &ip, &len));
-  cr_assert_eq(len, 7u);
-  cr_assert(memcmp(ip, "1.2.3.4", 7) == 0);
-  cr_assert_eq(ip, one + 15, "the text lies in the message");
-  cr_assert(PEEK(later, &ip, &len));
-  cr_assert_eq(len, 9u);
-  cr_assert(memcmp(ip, "2001:db8::", 9) == 0);
+  cr_assert(PEEK(one, &pk));
+  cr_assert_eq(pk.ip_len, 7u);
+  cr_assert(memcmp(pk.ip, "1.2.3.4", 7) == 0);
+  cr_assert_eq(pk.ip, one + 15, "the text lies in the message");
+  cr_assert_null(pk.user);
+  cr_assert(PEEK(later, &pk));
+  cr_assert_eq(pk.ip_len, 9u);
+  cr_assert(memcmp(pk.ip, "2001:db8::", 9) == 0);
+  cr_assert_eq(pk.user_len, 1u);
+  cr_assert_eq(pk.user, later + 21);
+  cr_assert(PEEK(str8, &pk));
+  cr_assert_eq(pk.ip_len, 39u);
+  cr_assert(memcmp(pk.ip, "2001:0db8:", 10) == 0);
+  cr_assert_eq(pk.user_len, 2u);
+  cr_assert(memcmp(pk.user, "uv", 2) == 0);
 }
 
 Test(rpc, peek_route_without_ip_means_the_peer)
 {
   static const char no_args[] = "\x94\x00\x01\xa5route\x91\x80";
   static const char user[] = "\x94\x00\x01\xa5route\x91\x81\xa4user\xa1u";
-  const char *ip = "x";
-  size_t len = 9;
+  struct rpc_peek pk;
 
-  cr_assert(PEEK(no_args, &ip, &len));
-  cr_assert_null(ip);
-  cr_assert_eq(len, 0u);
-  cr_assert(PEEK(user, &ip, &len));
-  cr_assert_null(ip);
+  cr_assert(PEEK(no_args, &pk));
+  cr_assert_null(pk.ip);
+  cr_assert_null(pk.user);
+  cr_assert_eq(pk.ip_len, 0u);
+  cr_assert(PEEK(user, &pk));
+  cr_assert_null(pk.ip);
+  cr_assert_not_null(pk.user);
 }
 
 Test(rpc, peek_route_leaves_everything_else)
@@ -137,13 +149,17 @@ Test(rpc, peek_route_leaves_everything_else)
       "1.2.3.4",
       /* an ip that is not a string */
       "\x94\x00\x01\xa5route\x91\x81\xa2ip\x07",
+      /* a user that is not a string */
+      "\x94\x00\x01\xa5route\x91\x81\xa4user\x90",
       /* cut short inside the map */
       "\x94\x00\x01\xa5route\x91\x82\xa4user\xa1u\xa2",
+      /* an ip string longer than what is left */
+      "\x94\x00\x01\xa5route\x91\x81\xa2ip\xd9\x30"
+      "1.2.3.4",
   };
-  const char *ip;
-  size_t len;
+  struct rpc_peek pk;
 
   for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
-    cr_assert(!rpc_peek_route(others[i], strlen(others[i]), &ip, &len),
-              "case %zu", i);
+    cr_assert(!rpc_peek_route(others[i], strlen(others[i]), &pk), "case %zu",
+              i);
 }
