@@ -294,14 +294,16 @@ static void process_input(struct conn *c)
 
   /* With a prefetch hook, scan the first messages ahead; the loop below
    * takes their sizes instead of scanning them again. */
-  for (size_t at = 0; srv->prefetch != NULL && nsizes < CONN_BATCH &&
-                      scan_message((const uint8_t *)c->in + at, c->in_len - at,
-                                   srv->max_message, SCAN_MAX_DEPTH,
-                                   &sizes[nsizes]) == SCAN_OK;)
-    at += sizes[nsizes++];
   if (srv->prefetch != NULL && !c->deferred && !c->close_after_flush &&
-      !c->closing)
+      !c->closing) {
+    for (size_t at = 0;
+         nsizes < CONN_BATCH &&
+         scan_message((const uint8_t *)c->in + at, c->in_len - at,
+                      srv->max_message, SCAN_MAX_DEPTH,
+                      &sizes[nsizes]) == SCAN_OK;)
+      at += sizes[nsizes++];
     srv->prefetch(c, sizes, nsizes);
+  }
   while (!c->deferred && !c->close_after_flush && !c->closing) {
     size_t size;
     int r = next < nsizes

@@ -12,7 +12,6 @@
 #include <string.h>
 
 #include "daemon.h"
-#include "scan.h"
 #include "optout.h"
 #include "rank.h"
 
@@ -80,6 +79,21 @@ static int peek_find(struct peek_list *l, const char *text, size_t len)
       l->len[l->next] == len)
     return (int)l->next++;
   return -1;
+}
+
+static void peek_add(struct peek_list *l, const char *text, size_t len)
+{
+  l->text[l->n] = text;
+  l->len[l->n++] = len;
+}
+
+/* Parses the address text of an "ip" value; 0 or an error. */
+static int parse_ip_text(msgpack_object_str str, addr128 *out)
+{
+  char text[ADDR_TEXT_MAX + 1];
+  if (str.size > ADDR_TEXT_MAX)
+    return GS_ERR_INVALID;
+  return addr_parse(rpc_str_copy(str, text, sizeof(text)), out, NULL);
 }
 
 /* The address route_prefetch parsed from these very bytes, if it did. */
@@ -151,11 +165,9 @@ static int parse_args(struct conn *c, const struct snapshot *s,
     ra->hint = dcmap_find_dc(s->map, rpc_str_copy(v->via.str, id, sizeof(id)));
   }
   if ((v = rv.ip) != NULL) {
-    char text[ADDR_TEXT_MAX + 1];
-    if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > ADDR_TEXT_MAX ||
+    if (v->type != MSGPACK_OBJECT_STR ||
         (!peeked_address(c, v->via.str, &ra->ip) &&
-         addr_parse(rpc_str_copy(v->via.str, text, sizeof(text)), &ra->ip,
-                    NULL) != 0)) {
+         parse_ip_text(v->via.str, &ra->ip) != 0)) {
       snprintf(why, why_size, "ip must be a textual IPv4 or IPv6 address");
       return GS_CODE_BAD_ADDRESS;
     }
@@ -381,8 +393,6 @@ static void record_latency(struct worker *w, uint64_t ns)
 void route_prefetch(struct conn *c, const size_t *sizes, size_t n)
 {
   struct worker *w = c->srv->ctx;
-  const struct optout_index *ix =
-      atomic_load_explicit(&w->d->optouts, memory_order_acquire);
   addr128 a[CONN_BATCH];
   size_t na = 0, off = 0;
 
@@ -390,34 +400,28 @@ void route_prefetch(struct conn *c, const size_t *sizes, size_t n)
   w->peek_ip.n = w->peek_ip.next = w->peek_user.n = w->peek_user.next = 0;
   if (n < 2)
     return; /* one message has nothing to overlap with */
+  const struct optout_index *ix =
+      atomic_load_explicit(&w->d->optouts, memory_order_acquire);
   for (size_t i = 0; i < n; off += sizes[i++]) {
     struct rpc_peek pk;
-    char text[ADDR_TEXT_MAX + 1];
     if (!rpc_peek_route(c->in + off, sizes[i], &pk))
       continue;
     /* The opt-out check: hash the user now, warm its filter word. */
     if (pk.user != NULL && pk.user_len > 0 && pk.user_len <= GS_USER_MAX) {
-      struct peek_list *l = &w->peek_user;
-      optout_hash(w->d->optout_key, pk.user, pk.user_len, &w->peek_uid[l->n]);
+      struct optout_uid *uid = &w->peek_uid[w->peek_user.n];
+      optout_hash(w->d->optout_key, pk.user, pk.user_len, uid);
       if (ix != NULL)
-        optout_index_prefetch(ix, &w->peek_uid[l->n]);
-      l->text[l->n] = pk.user;
-      l->len[l->n++] = pk.user_len;
+        optout_index_prefetch(ix, uid);
+      peek_add(&w->peek_user, pk.user, pk.user_len);
     }
     if (pk.ip == NULL) {
       if (c->peer_known)
         a[na++] = c->peer;
-      continue;
+    } else if (parse_ip_text((msgpack_object_str){(uint32_t)pk.ip_len, pk.ip},
+                             &a[na]) == 0) {
+      w->peek_addr[w->peek_ip.n] = a[na++];
+      peek_add(&w->peek_ip, pk.ip, pk.ip_len);
     }
-    if (pk.ip_len > ADDR_TEXT_MAX)
-      continue;
-    memcpy(text, pk.ip, pk.ip_len);
-    text[pk.ip_len] = '\0';
-    if (addr_parse(text, &a[na], NULL) != 0)
-      continue;
-    w->peek_ip.text[w->peek_ip.n] = pk.ip;
-    w->peek_ip.len[w->peek_ip.n] = pk.ip_len;
-    w->peek_addr[w->peek_ip.n++] = a[na++];
   }
   if (na > 1) {
     struct snapshot *s =

@@ -883,17 +883,31 @@ lookup_v4_dense(const struct table *t, uint32_t x, uint8_t *scope)
   return v4_answer(t, bk, x, i, scope);
 }
 
+/* A bucket that is one range: its answer is in the bucket itself. */
+static inline bool one_range(const struct v4_bucket *bk)
+{
+  return bk[1].first - bk->first == 1;
+}
+
+/* The slot of x in its bucket bk: where x's window starts, from first. */
+static inline const uint16_t *slot_for_x(const struct v4_index *k,
+                                         const struct v4_bucket *bk, uint32_t x)
+{
+  uint32_t sl = bk->slots;
+  return &k->slot[(sl >> 5) + ((x & 0xffff) >> (sl & 31))];
+}
+
 static const struct answer *lookup_v4(const struct table *t, uint32_t x,
                                       uint8_t *scope)
 {
   const struct v4_index *k = &t->v4;
   const struct v4_bucket *bk = &k->bucket[x >> V4_BUCKET_BITS];
-  if (bk[1].first - bk->first == 1) {
+  if (one_range(bk)) {
     *scope = (uint8_t)max_int(bk->p_lo, bk->p_hi);
     return &t->answers[bk->only];
   }
-  uint32_t off = x & 0xffff, sl = bk->slots;
-  size_t f = bk->first + k->slot[(sl >> 5) + (off >> (sl & 31))];
+  uint32_t off = x & 0xffff;
+  size_t f = bk->first + *slot_for_x(k, bk, x);
   /* Entries past the slot are above x; the bucket's first is not, so
    * it is never passed. All V4_WINDOW at most x: there may be more. */
   unsigned c = count_le(&k->entry[f], off << 16 | 0xffff, bk[1].first - f);
@@ -920,19 +934,14 @@ void table_prefetch(const struct table *t, const addr128 *a, size_t n)
     m++;
   }
   /* Level 2: the slots of buckets that are more than one range. */
+  for (size_t i = 0; i < m; i++)
+    if (!one_range(bk[i]))
+      __builtin_prefetch(slot_for_x(k, bk[i], x[i]));
+  /* Level 3: their windows. */
   for (size_t i = 0; i < m; i++) {
-    uint32_t sl = bk[i]->slots;
-    if (bk[i][1].first - bk[i]->first != 1)
-      __builtin_prefetch(&k->slot[(sl >> 5) + ((x[i] & 0xffff) >> (sl & 31))]);
-  }
-  /* Level 3: the windows. */
-  for (size_t i = 0; i < m; i++) {
-    uint32_t sl = bk[i]->slots;
-    if (bk[i][1].first - bk[i]->first == 1)
+    if (one_range(bk[i]))
       continue;
-    const uint32_t *e =
-        &k->entry[bk[i]->first +
-                  k->slot[(sl >> 5) + ((x[i] & 0xffff) >> (sl & 31))]];
+    const uint32_t *e = &k->entry[bk[i]->first + *slot_for_x(k, bk[i], x[i])];
     __builtin_prefetch(e);
     __builtin_prefetch(e + V4_WINDOW - 1);
   }
