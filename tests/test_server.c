@@ -1202,6 +1202,20 @@ Test(server, stats_count_requests)
   finish(&s);
 }
 
+/* Routes ip n times, each on a new connection (they spread over the
+ * workers); checks each answer is dc unless dc is NULL. */
+static void route_on_new_connections(const struct server *s, const char *ip,
+                                     const char *dc, int n)
+{
+  for (int i = 0; i < n; i++) {
+    gs_client *c = server_client(s);
+    gs_route_answer ans = route_ok(c, ip);
+    if (dc != NULL)
+      cr_assert_str_eq(ans.dc, dc);
+    gs_client_close(c);
+  }
+}
+
 /*
  * Several workers: answers per data center are counted per worker, and
  * folded into totals when a reload retires the snapshot that held them.
@@ -1209,15 +1223,11 @@ Test(server, stats_count_requests)
 Test(server, stats_with_four_workers_survive_a_reload)
 {
   struct server s;
-  gs_client *a, *c;
+  gs_client *a;
   const msgpack_object *st;
 
   start_default(&s, &(struct server_opts){.extra = "workers: 4"});
-  for (int i = 0; i < 20; i++) {
-    c = server_client(&s); /* new connections spread over the workers */
-    cr_assert_str_eq(route_ok(c, "81.2.69.5").dc, "lhr");
-    gs_client_close(c);
-  }
+  route_on_new_connections(&s, "81.2.69.5", "lhr", 20);
   a = server_admin(&s);
   st = admin_call(a, "stats", NULL, 0);
   cr_assert_eq(obj_get_u64(obj_get(st, "answers"), "lhr"), 20);
@@ -1228,11 +1238,7 @@ Test(server, stats_with_four_workers_survive_a_reload)
   POLL_UNTIL(obj_get_u64(obj_get(admin_call(a, "stats", NULL, 0), "reloads"),
                          "ok") == 2,
              10000, "reloads not counted");
-  for (int i = 0; i < 20; i++) {
-    c = server_client(&s);
-    route_ok(c, "12.12.12.1");
-    gs_client_close(c);
-  }
+  route_on_new_connections(&s, "12.12.12.1", NULL, 20);
   st = admin_call(a, "stats", NULL, 0);
   cr_assert_eq(obj_get_u64(obj_get(st, "answers"), "lhr"), 20);
   cr_assert_eq(obj_get_u64(obj_get(st, "answers"), "nrt"), 20);
