@@ -9,6 +9,16 @@
  * (the common case: everything goes at once, no request object, no copy);
  * what the kernel does not take moves to `flight` for one uv_write, and
  * replies produced meanwhile wait in `out`.
+ *
+ * When: the replies to a read are not written from the read callback but
+ * queued (queue_flush) and written by a check handle after every read of
+ * the loop iteration is handled, one write per connection, back to back.
+ * Writing between reads would wake the client for each connection while
+ * the next one is still being handled; a client that handles one reply
+ * quickly then sleeps again, and each wake-up costs the server more than
+ * the write itself. A connection whose unsent replies pass
+ * max_pending_bytes is flushed at once, so backpressure starts where it
+ * did.
  */
 #include "conn.h"
 
@@ -28,9 +38,11 @@
 #include "scan.h"
 
 static void start_reading(struct conn *c);
+static void stop_reading(struct conn *c);
 static void reject_drain(struct conn *c);
 static void flush(struct conn *c);
 static void process_input(struct conn *c);
+static void on_flush_check(uv_check_t *h);
 
 int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
                      const struct config *cfg, size_t max_message,
@@ -49,6 +61,10 @@ int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
   srv->kind = kind;
   if (!rpc_zone_init(&srv->zone, srv->max_message))
     return GS_ERR_NOMEM;
+  uv_check_init(loop, &srv->flusher);
+  srv->flusher.data = srv;
+  uv_check_start(&srv->flusher, on_flush_check);
+  uv_unref((uv_handle_t *)&srv->flusher); /* does not keep the loop alive */
   return 0;
 }
 
@@ -143,10 +159,8 @@ static void flush(struct conn *c)
      * backpressure check must still run, or a client that never reads
      * makes `out` grow without bound.
      */
-    if (pending_bytes(c) > c->srv->max_pending_bytes && c->reading) {
-      uv_read_stop(&c->h.stream);
-      c->reading = false;
-    }
+    if (pending_bytes(c) > c->srv->max_pending_bytes)
+      stop_reading(c);
     return;
   }
   if (c->out.failed) {
@@ -192,14 +206,51 @@ static void flush(struct conn *c)
   }
   /* Backpressure: stop reading while the peer does not take replies. */
   size_t pending = pending_bytes(c);
-  if (pending > c->srv->max_pending_bytes && c->reading) {
-    uv_read_stop(&c->h.stream);
-    c->reading = false;
+  if (pending > c->srv->max_pending_bytes) {
+    stop_reading(c);
   } else if (pending <= c->srv->max_pending_bytes / 2 && !c->reading &&
              !c->deferred && !c->close_after_flush && !c->srv->stopping) {
     start_reading(c);
     /* Input that arrived before the pause may hold whole messages. */
     process_input(c);
+  }
+}
+
+/* Writes c's replies once this loop iteration's reads are handled. */
+static void queue_flush(struct conn *c)
+{
+  struct conn_server *srv = c->srv;
+
+  if (c->flush_queued)
+    return;
+  if (srv->stopping || pending_bytes(c) > srv->max_pending_bytes) {
+    flush(c);
+    return;
+  }
+  c->flush_queued = true;
+  c->flush_next = NULL;
+  conn_ref(c); /* a close meanwhile must not free it */
+  if (srv->flush_tail)
+    srv->flush_tail->flush_next = c;
+  else
+    srv->flush_head = c;
+  srv->flush_tail = c;
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+  struct conn_server *srv = h->data;
+  struct conn *c;
+
+  /* flush() may queue its connection again (input waiting when reading
+   * resumes); that one is taken in this same pass. */
+  while ((c = srv->flush_head) != NULL) {
+    srv->flush_head = c->flush_next;
+    if (srv->flush_head == NULL)
+      srv->flush_tail = NULL;
+    c->flush_queued = false;
+    flush(c);
+    conn_unref(c);
   }
 }
 
@@ -280,10 +331,6 @@ static void refuse(struct conn *c, int scan_result, const char *why)
   else
     rpc_pack_error_notification(&pk, code, why);
   c->close_after_flush = true;
-  if (c->reading) {
-    uv_read_stop(&c->h.stream);
-    c->reading = false;
-  }
 }
 
 /* Handles every complete message in the input buffer. */
@@ -344,10 +391,6 @@ static void process_input(struct conn *c)
       int rc = srv->dispatch(c, &req, &pk);
       if (rc == CONN_DEFERRED) {
         c->deferred = true;
-        if (c->reading) {
-          uv_read_stop(&c->h.stream);
-          c->reading = false;
-        }
       } else if (rc < 0) {
         c->close_after_flush = true;
       }
@@ -359,7 +402,12 @@ static void process_input(struct conn *c)
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
   }
-  flush(c);
+  /* Nothing more is read for a connection that waits on a deferred reply
+   * or closes once flushed. Reading must stop here, not at the flush: a
+   * refused message may fill the input buffer. */
+  if (c->deferred || c->close_after_flush)
+    stop_reading(c);
+  queue_flush(c);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -383,6 +431,14 @@ static void start_reading(struct conn *c)
     return;
   if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
     c->reading = true;
+}
+
+static void stop_reading(struct conn *c)
+{
+  if (!c->reading)
+    return;
+  uv_read_stop(&c->h.stream);
+  c->reading = false;
 }
 
 void conn_deferred_done(struct conn *c)
@@ -610,10 +666,7 @@ void conn_server_stop(struct conn_server *srv)
   /* Finish what is owed, then close; idle ones close now. */
   for (struct conn *c = srv->conns, *next; c; c = next) {
     next = c->next;
-    if (c->reading) {
-      uv_read_stop(&c->h.stream);
-      c->reading = false;
-    }
+    stop_reading(c);
     c->close_after_flush = true;
     if (!c->writing && !c->deferred)
       flush(c);

@@ -59,6 +59,10 @@ struct conn_server {
   const char *kind;   /* "route", "admin": for logs */
   msgpack_zone zone;  /* decoding; cleared after every message */
   struct conn *conns; /* open connections, for shutdown */
+  /* Connections with replies to write once this loop iteration's reads
+   * are handled (see queue_flush in conn.c), oldest first. */
+  struct conn *flush_head, *flush_tail;
+  uv_check_t flusher;
   uv_stream_t *listeners[CONFIG_MAX_LISTEN + 2];
   int nlisteners;
   bool stopping;
@@ -78,9 +82,11 @@ struct conn {
   uv_shutdown_t sreq; /* rejected connections: half-close, then drain */
   struct conn_server *srv;
   struct conn *prev, *next;
-  addr128 peer;    /* engine space, normalised; 0 for unix sockets */
-  bool peer_known; /* false for unix sockets */
+  struct conn *flush_next; /* in srv's flush queue when flush_queued */
+  addr128 peer;            /* engine space, normalised; 0 for unix sockets */
+  bool peer_known;         /* false for unix sockets */
   bool reading, writing, closing, deferred, close_after_flush;
+  bool flush_queued;
   bool authed;    /* admin over TCP: auth succeeded */
   bool rejecting; /* over max_connections: say why, then close */
   int auth_failures;
