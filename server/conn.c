@@ -375,6 +375,10 @@ static void process_input(struct conn *c)
     char why[256];
 
     c->last_message_ms = uv_now(srv->loop);
+    if (srv->timed) {
+      srv->msg_start_ns = srv->clock_valid ? srv->clock_ns : uv_hrtime();
+      srv->clock_valid = false;
+    }
     conn_packer(c, &pk);
     if (!rpc_decode(c->in + off, size, &srv->zone, &req, &msgid_known, &msgid,
                     why, sizeof(why))) {
@@ -398,6 +402,7 @@ static void process_input(struct conn *c)
     msgpack_zone_clear(&srv->zone);
     off += size;
   }
+  srv->clock_valid = false; /* the next read starts at its own time */
   if (off > 0) {
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;

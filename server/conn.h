@@ -55,6 +55,15 @@ struct conn_server {
    * the sizes of the first CONN_BATCH complete ones, in order from c->in
    * (n may be 0 or 1); may only warm caches and note what it read. */
   void (*prefetch)(struct conn *c, const size_t *sizes, size_t n);
+  /*
+   * Timing, for listeners that set timed: before each message is decoded,
+   * msg_start_ns is set to the time its handling starts. A dispatch that
+   * reads the clock when it is done may leave that reading in clock_ns
+   * and set clock_valid; the next message of the same read then starts at
+   * that time instead of reading the clock again.
+   */
+  bool timed, clock_valid;
+  uint64_t msg_start_ns, clock_ns;
   void *ctx;          /* for dispatch */
   const char *kind;   /* "route", "admin": for logs */
   msgpack_zone zone;  /* decoding; cleared after every message */
