@@ -11,9 +11,15 @@
 # removed on every exit, failed or not. A failed run (error replies, a
 # refused connection, the timeout) stops the benchmark with status 1.
 #
+# On a machine with two CPUs or more, each server runs on CPU 0 and loadgen
+# on CPU 1 (taskset), so that where the scheduler happens to place them
+# does not decide a run: left to it, both servers swung between two speeds
+# a third apart from one run to the next.
+#
 # Environment:
 #   BENCH_N      requests per run, for every row (default: per row, below)
 #   BENCH_PAIRS  geosteerd/Redis pairs per row (default 3)
+#   BENCH_PIN    0: no pinning (default 1)
 #   LOADGEN, GEOSTEERD, REDIS_SERVER  the programs (default build/ and PATH)
 set -euo pipefail
 
@@ -25,6 +31,13 @@ pairs=${BENCH_PAIRS:-3}
 # C, P and the default requests per run, sized for a few seconds each.
 rows="1:1:100000 16:1:200000 64:1:200000 50:16:2000000"
 start_timeout=30 # seconds for a server to accept connections
+
+# Commands that pin a server and the client (empty: not pinned).
+server_cpu=() client_cpu=()
+if [ "${BENCH_PIN:-1}" != 0 ] && command -v taskset >/dev/null 2>&1 &&
+  [ "$(nproc)" -ge 2 ]; then
+  server_cpu=(taskset -c 0) client_cpu=(taskset -c 1)
+fi
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/bench-load.XXXXXX")
 redis_pid=""
@@ -88,7 +101,7 @@ start_redis() {
   local attempt
   for ((attempt = 1; attempt <= 5; attempt++)); do
     redis_port=$(pick_port)
-    "$redis_server" --port "$redis_port" --bind 127.0.0.1 --save '' \
+    "${server_cpu[@]}" "$redis_server" --port "$redis_port" --bind 127.0.0.1 --save '' \
       --appendonly no --daemonize no --dir "$dir" \
       --logfile "$dir/redis.log" &
     redis_pid=$!
@@ -118,7 +131,7 @@ store:
   path: $dir/geosteer.db
 workers: 1
 EOF
-    "$geosteerd" -c "$dir/geosteer.yaml" 2>"$dir/geosteerd.log" &
+    "${server_cpu[@]}" "$geosteerd" -c "$dir/geosteer.yaml" 2>"$dir/geosteerd.log" &
     geosteerd_pid=$!
     wait_accepting "$geosteerd_pid" "$geosteerd_port" && return 0
     kill "$geosteerd_pid" 2>/dev/null || true
@@ -156,7 +169,7 @@ set_value() {
 # Runs loadgen; its output lines land in $dir/out. $1: mode, $2: port,
 # $3: C, $4: P, $5: N.
 run_loadgen() {
-  if ! "$loadgen" --mode "$1" --port "$2" -c "$3" -p "$4" -n "$5" \
+  if ! "${client_cpu[@]}" "$loadgen" --mode "$1" --port "$2" -c "$3" -p "$4" -n "$5" \
     >"$dir/out" 2>"$dir/err"; then
     say "loadgen --mode $1 --port $2 -c $3 -p $4 -n $5 failed:"
     cat "$dir/out" "$dir/err" >&2
@@ -183,7 +196,7 @@ start_redis || exit 1
 set_value || exit 1
 start_geosteerd || exit 1
 say "redis-server on 127.0.0.1:$redis_port, geosteerd on" \
-  "127.0.0.1:$geosteerd_port"
+  "127.0.0.1:$geosteerd_port${server_cpu[*]:+, servers on CPU 0, loadgen on CPU 1}"
 
 for row in $rows; do
   IFS=: read -r c p n <<<"$row"
