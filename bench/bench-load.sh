@@ -12,9 +12,7 @@
 # refused connection, the timeout) stops the benchmark with status 1.
 #
 # On a machine with two CPUs or more, each server runs on CPU 0 and loadgen
-# on CPU 1 (taskset), so that where the scheduler happens to place them
-# does not decide a run: left to it, both servers swung between two speeds
-# a third apart from one run to the next.
+# on CPU 1 (bench/common.sh).
 #
 # Environment:
 #   BENCH_N      requests per run, for every row (default: per row, below)
@@ -32,12 +30,8 @@ pairs=${BENCH_PAIRS:-3}
 rows="1:1:100000 16:1:200000 64:1:200000 50:16:2000000"
 start_timeout=30 # seconds for a server to accept connections
 
-# Commands that pin a server and the client (empty: not pinned).
-server_cpu=() client_cpu=()
-if [ "${BENCH_PIN:-1}" != 0 ] && command -v taskset >/dev/null 2>&1 &&
-  [ "$(nproc)" -ge 2 ]; then
-  server_cpu=(taskset -c 0) client_cpu=(taskset -c 1)
-fi
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/bench-load.XXXXXX")
 redis_pid=""
@@ -182,12 +176,6 @@ figure() {
   awk -v name="$1:" '$1 == name { print $2 }' "$dir/out"
 }
 
-# The median of the numbers given as arguments.
-median() {
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-    END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 if [ ! -x "$loadgen" ] || [ ! -x "$geosteerd" ]; then
   say "needs $loadgen and $geosteerd; run 'make bench-load'"
   exit 1
@@ -196,7 +184,7 @@ start_redis || exit 1
 set_value || exit 1
 start_geosteerd || exit 1
 say "redis-server on 127.0.0.1:$redis_port, geosteerd on" \
-  "127.0.0.1:$geosteerd_port${server_cpu[*]:+, servers on CPU 0, loadgen on CPU 1}"
+  "127.0.0.1:$geosteerd_port$(pinned_text loadgen)"
 
 for row in $rows; do
   IFS=: read -r c p n <<<"$row"

@@ -20,6 +20,9 @@
 #   BENCH_PAIRS  0/1m pairs of route runs (default 7: many short pairs
 #                resist a busy machine better than a few long ones)
 #   BENCH_SETS   optout.set calls (default 2000)
+#   BENCH_PIN    0: no pinning (default 1: on a machine with two CPUs or
+#                more, the daemons run on CPU 0 and the route load on CPU 1;
+#                bench/common.sh)
 #   BENCH_OPTOUT, GEOSTEERD  the programs (default build/)
 set -euo pipefail
 
@@ -32,6 +35,9 @@ sets=${BENCH_SETS:-2000}
 optouts=1000000
 conns=16 pipeline=16 # route load: connections, requests in flight each
 start_timeout=120    # seconds for a daemon to log event=started
+
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/bench-optout.XXXXXX")
 pids=()
@@ -70,7 +76,7 @@ store:
   path: $dir/$name/geosteer.db
 workers: 1
 EOF
-  "$geosteerd" -c "$dir/$name/geosteer.yaml" 2>"$log" &
+  "${server_cpu[@]}" "$geosteerd" -c "$dir/$name/geosteer.yaml" 2>"$log" &
   pid[$name]=$!
   pids+=("${pid[$name]}")
   while ((tries-- > 0)); do
@@ -88,9 +94,10 @@ EOF
   return 1
 }
 
-# Runs bench-optout with the given arguments; its output lands in $dir/out.
+# Runs bench-optout (on the client's CPU) with the given arguments; its
+# output lands in $dir/out.
 run() {
-  if ! "$bench" "$@" >"$dir/out" 2>"$dir/err"; then
+  if ! "${client_cpu[@]}" "$bench" "$@" >"$dir/out" 2>"$dir/err"; then
     say "bench-optout $* failed:"
     cat "$dir/out" "$dir/err" >&2
     return 1
@@ -100,12 +107,6 @@ run() {
 # The value of the line named $1 in $dir/out.
 figure() {
   awk -v name="$1:" '$1 == name { print $2 }' "$dir/out"
-}
-
-# The median of the numbers given as arguments.
-median() {
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-    END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # CPU time the daemon $1 has used, in ns, all threads (schedstat field 1).
@@ -154,7 +155,8 @@ if [ "$count" != "$optouts" ]; then
   tail -n 5 "$dir/1m/geosteerd.log" >&2
   exit 1
 fi
-say "geosteerd 0 on 127.0.0.1:${port[0]}, 1m on 127.0.0.1:${port[1m]}"
+say "geosteerd 0 on 127.0.0.1:${port[0]}, 1m on 127.0.0.1:${port[1m]}$(
+  pinned_text 'the route load')"
 
 # Checks, and warmup: opted-out users get reason optout from 1m only; the
 # users of the timed runs (bench-visitor-*) are geolocated by both.
