@@ -228,13 +228,9 @@ static void queue_flush(struct conn *c)
     return;
   }
   c->flush_queued = true;
-  c->flush_next = NULL;
   conn_ref(c); /* a close meanwhile must not free it */
-  if (srv->flush_tail)
-    srv->flush_tail->flush_next = c;
-  else
-    srv->flush_head = c;
-  srv->flush_tail = c;
+  c->flush_next = srv->flush_head;
+  srv->flush_head = c;
 }
 
 static void on_flush_check(uv_check_t *h)
@@ -242,12 +238,12 @@ static void on_flush_check(uv_check_t *h)
   struct conn_server *srv = h->data;
   struct conn *c;
 
-  /* flush() may queue its connection again (input waiting when reading
+  /* Newest first, as Redis writes its clients: in a closed-loop load the
+   * 99th percentile came out lower than oldest first, throughput alike.
+   * flush() may queue its connection again (input waiting when reading
    * resumes); that one is taken in this same pass. */
   while ((c = srv->flush_head) != NULL) {
     srv->flush_head = c->flush_next;
-    if (srv->flush_head == NULL)
-      srv->flush_tail = NULL;
     c->flush_queued = false;
     flush(c);
     conn_unref(c);

@@ -69,8 +69,8 @@ struct conn_server {
   msgpack_zone zone;  /* decoding; cleared after every message */
   struct conn *conns; /* open connections, for shutdown */
   /* Connections with replies to write once this loop iteration's reads
-   * are handled (see queue_flush in conn.c), oldest first. */
-  struct conn *flush_head, *flush_tail;
+   * are handled (see queue_flush in conn.c), newest first. */
+  struct conn *flush_head;
   uv_check_t flusher;
   uv_stream_t *listeners[CONFIG_MAX_LISTEN + 2];
   int nlisteners;
