@@ -3,7 +3,11 @@
  *
  * Reading: alloc_cb hands out the free tail of the fixed input buffer; the
  * scanner guarantees that a message which cannot fit is refused before the
- * buffer fills, so the tail is never empty while reading.
+ * buffer fills, so the tail is never empty while reading. With a prefetch
+ * hook (route listeners), what a loop iteration reads is queued and handled
+ * by the check handle after all the reads (handle_input): read ahead in
+ * every queued connection, one prefetch batch, then handle each. A read
+ * that fills the buffer is handled at once, so the tail stays non-empty.
  *
  * Writing: replies accumulate in `out`. flush() tries uv_try_write first
  * (the common case: everything goes at once, no request object, no copy);
@@ -43,6 +47,7 @@ static void reject_drain(struct conn *c);
 static void flush(struct conn *c);
 static void process_input(struct conn *c);
 static void on_flush_check(uv_check_t *h);
+static void handle_input(struct conn_server *srv);
 
 int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
                      const struct config *cfg, size_t max_message,
@@ -238,6 +243,8 @@ static void on_flush_check(uv_check_t *h)
   struct conn_server *srv = h->data;
   struct conn *c;
 
+  handle_input(srv);
+
   /* Newest first, as Redis writes its clients: in a closed-loop load the
    * 99th percentile came out lower than oldest first, throughput alike.
    * flush() may queue its connection again (input waiting when reading
@@ -329,28 +336,51 @@ static void refuse(struct conn *c, int scan_result, const char *why)
   c->close_after_flush = true;
 }
 
+/*
+ * Scans up to `most` (<= CONN_BATCH) complete messages of c's input ahead
+ * into c->sizes and hands them to the prefetch hook; first starts a batch.
+ * False, with nothing called, when c is not to be read now.
+ */
+static bool read_ahead(struct conn *c, size_t most, bool first)
+{
+  struct conn_server *srv = c->srv;
+  size_t at = 0, n = 0;
+
+  c->nsizes = 0;
+  if (srv->prefetch == NULL || c->deferred || c->close_after_flush ||
+      c->closing)
+    return false;
+  while (n < most) {
+    size_t size;
+    if (scan_message((const uint8_t *)c->in + at, c->in_len - at,
+                     srv->max_message, SCAN_MAX_DEPTH, &size) != SCAN_OK)
+      break;
+    c->sizes[n++] = (uint32_t)size;
+    at += size;
+  }
+  c->nsizes = (uint8_t)n;
+  srv->prefetch(c, c->sizes, n, first);
+  c->prefetched = true;
+  return true;
+}
+
 /* Handles every complete message in the input buffer. */
 static void process_input(struct conn *c)
 {
   struct conn_server *srv = c->srv;
-  size_t off = 0, sizes[CONN_BATCH], nsizes = 0, next = 0;
+  size_t off = 0, next = 0;
 
-  /* With a prefetch hook, scan the first messages ahead; the loop below
-   * takes their sizes instead of scanning them again. */
-  if (srv->prefetch != NULL && !c->deferred && !c->close_after_flush &&
-      !c->closing) {
-    for (size_t at = 0;
-         nsizes < CONN_BATCH &&
-         scan_message((const uint8_t *)c->in + at, c->in_len - at,
-                      srv->max_message, SCAN_MAX_DEPTH,
-                      &sizes[nsizes]) == SCAN_OK;)
-      at += sizes[nsizes++];
-    srv->prefetch(c, sizes, nsizes);
-  }
+  /* Read ahead, as a batch of its own, unless the check handle did it for
+   * this iteration's batch (handle_input). The loop below takes the sizes
+   * instead of scanning those messages again. */
+  if (!c->prefetched && read_ahead(c, CONN_BATCH, true) &&
+      srv->prefetch_done != NULL)
+    srv->prefetch_done(srv);
+  c->prefetched = false;
   while (!c->deferred && !c->close_after_flush && !c->closing) {
     size_t size;
-    int r = next < nsizes
-                ? (size = sizes[next++], SCAN_OK)
+    int r = next < c->nsizes
+                ? (size = c->sizes[next++], SCAN_OK)
                 : scan_message((const uint8_t *)c->in + off, c->in_len - off,
                                srv->max_message, SCAN_MAX_DEPTH, &size);
     if (r == SCAN_NEED_MORE)
@@ -398,6 +428,7 @@ static void process_input(struct conn *c)
     msgpack_zone_clear(&srv->zone);
     off += size;
   }
+  c->nsizes = 0;
   srv->clock_valid = false; /* the next read starts at its own time */
   if (off > 0) {
     memmove(c->in, c->in + off, c->in_len - off);
@@ -409,6 +440,53 @@ static void process_input(struct conn *c)
   if (c->deferred || c->close_after_flush)
     stop_reading(c);
   queue_flush(c);
+}
+
+/* Handles c's input in this iteration's check handle (handle_input). */
+static void queue_input(struct conn *c)
+{
+  struct conn_server *srv = c->srv;
+
+  if (c->input_queued)
+    return;
+  c->input_queued = true;
+  conn_ref(c); /* a close meanwhile must not free it */
+  c->input_next = NULL;
+  if (srv->input_tail != NULL)
+    srv->input_tail->input_next = c;
+  else
+    srv->input_head = c;
+  srv->input_tail = c;
+}
+
+/*
+ * The input of every connection read in this iteration: read ahead in as
+ * many as one batch holds, then handle them all in that order.
+ * Connections past the batch read ahead on their own when handled.
+ */
+static void handle_input(struct conn_server *srv)
+{
+  struct conn *list = srv->input_head, *c, *next;
+  size_t room = CONN_PREFETCH_MAX;
+  bool first = true;
+
+  if (list == NULL)
+    return;
+  srv->input_head = srv->input_tail = NULL;
+  for (c = list; c != NULL && room > 0; c = c->input_next) {
+    if (read_ahead(c, room < CONN_BATCH ? room : CONN_BATCH, first)) {
+      first = false;
+      room -= c->nsizes;
+    }
+  }
+  if (!first && srv->prefetch_done != NULL)
+    srv->prefetch_done(srv);
+  for (c = list; c != NULL; c = next) {
+    next = c->input_next;
+    c->input_queued = false;
+    process_input(c);
+    conn_unref(c);
+  }
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -423,6 +501,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
   if (nread == 0)
     return;
   c->in_len += (size_t)nread;
+  /* With a prefetch hook the input waits for the check handle, so that
+   * one read-ahead batch spans every connection of this iteration. A full
+   * buffer is handled now: libuv reads again at once. */
+  if (c->srv->prefetch != NULL && c->in_len < c->srv->max_message) {
+    queue_input(c);
+    return;
+  }
   process_input(c);
 }
 

@@ -29,8 +29,9 @@
 #include "config.h"
 #include "rpc.h"
 
-#define CONN_DEFERRED 1 /* dispatch result: the reply comes later */
-#define CONN_BATCH 32   /* messages of one read given to prefetch */
+#define CONN_DEFERRED 1      /* dispatch result: the reply comes later */
+#define CONN_BATCH 32        /* messages of one connection read ahead */
+#define CONN_PREFETCH_MAX 64 /* messages of one prefetch batch, in all */
 
 struct conn;
 
@@ -51,10 +52,19 @@ struct conn_server {
   size_t max_connections;
   _Atomic size_t *open_conns; /* shared by every listener of the process */
   conn_dispatch_fn dispatch;
-  /* Optional: called before the messages of a read are handled, with
-   * the sizes of the first CONN_BATCH complete ones, in order from c->in
-   * (n may be 0 or 1); may only warm caches and note what it read. */
-  void (*prefetch)(struct conn *c, const size_t *sizes, size_t n);
+  /*
+   * Optional read-ahead. prefetch is called before c's messages are
+   * handled, with the sizes of its first complete ones (at most
+   * CONN_BATCH, in order from c->in; n may be 0); it may only warm caches
+   * and note what it read. Calls form batches of at most CONN_PREFETCH_MAX
+   * messages in all: first starts one (what earlier calls noted is
+   * forgotten), prefetch_done ends it, and then the connections are
+   * handled in the order of the calls. With a prefetch hook, the input a
+   * loop iteration reads is handled after all its reads, so one batch
+   * spans the connections that sent something.
+   */
+  void (*prefetch)(struct conn *c, const uint32_t *sizes, size_t n, bool first);
+  void (*prefetch_done)(struct conn_server *srv);
   /*
    * Timing, for listeners that set timed: before each message is decoded,
    * msg_start_ns is set to the time its handling starts. A dispatch that
@@ -71,6 +81,10 @@ struct conn_server {
   /* Connections with replies to write once this loop iteration's reads
    * are handled (see queue_flush in conn.c), newest first. */
   struct conn *flush_head;
+  /* Connections with input to handle in this iteration's check (see
+   * on_read in conn.c), in the order they were read. Their replies are
+   * then written newest first, as before this queue. */
+  struct conn *input_head, *input_tail;
   uv_check_t flusher;
   uv_stream_t *listeners[CONFIG_MAX_LISTEN + 2];
   int nlisteners;
@@ -92,12 +106,16 @@ struct conn {
   struct conn_server *srv;
   struct conn *prev, *next;
   struct conn *flush_next; /* in srv's flush queue when flush_queued */
+  struct conn *input_next; /* in srv's input queue when input_queued */
   addr128 peer;            /* engine space, normalised; 0 for unix sockets */
   bool peer_known;         /* false for unix sockets */
   bool reading, writing, closing, deferred, close_after_flush;
-  bool flush_queued;
-  bool authed;    /* admin over TCP: auth succeeded */
-  bool rejecting; /* over max_connections: say why, then close */
+  bool flush_queued, input_queued;
+  bool prefetched; /* sizes[0..nsizes) went to prefetch in this batch */
+  uint8_t nsizes;
+  uint32_t sizes[CONN_BATCH]; /* of the first messages in `in` */
+  bool authed;                /* admin over TCP: auth succeeded */
+  bool rejecting;             /* over max_connections: say why, then close */
   int auth_failures;
   int open_handles; /* freed when this reaches 0 */
   int refs;         /* holders besides the loop (deferred replies) */

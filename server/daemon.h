@@ -88,8 +88,8 @@ struct snapshot {
 
 /* Texts read ahead from a batch's input (see struct worker). */
 struct peek_list {
-  const char *text[CONN_BATCH];
-  size_t len[CONN_BATCH];
+  const char *text[CONN_PREFETCH_MAX];
+  size_t len[CONN_PREFETCH_MAX];
   size_t n, next;
 };
 
@@ -106,11 +106,14 @@ struct worker {
    * What route_prefetch read from the batch being handled, so that route()
    * need not work it out again: "ip" texts with their addresses and
    * "user" texts with their opt-out ids, each list in request order, each
-   * text pointing into the connection's input.
+   * text pointing into its connection's input; and the addresses the
+   * batch will look up, for route_prefetch_done.
    */
   struct peek_list peek_ip, peek_user;
-  addr128 peek_addr[CONN_BATCH];
-  struct optout_uid peek_uid[CONN_BATCH];
+  addr128 peek_addr[CONN_PREFETCH_MAX];
+  struct optout_uid peek_uid[CONN_PREFETCH_MAX];
+  addr128 lookups[CONN_PREFETCH_MAX];
+  size_t nlookups;
   _Atomic uint64_t seen_epoch;
   struct worker_stats stats;
 };
@@ -198,7 +201,9 @@ int daemon_drain(struct daemon *d, const char *dc, bool on, char *why,
 int route_dispatch(struct conn *c, const struct rpc_request *req,
                    msgpack_packer *pk);
 /* route.c: conn_server.prefetch for route listeners */
-void route_prefetch(struct conn *c, const size_t *sizes, size_t n);
+void route_prefetch(struct conn *c, const uint32_t *sizes, size_t n,
+                    bool first);
+void route_prefetch_done(struct conn_server *srv);
 
 /* admin.c: dispatch for admin listeners (ctx: struct daemon) */
 int admin_dispatch(struct conn *c, const struct rpc_request *req,

@@ -109,6 +109,7 @@ static int start_workers(struct daemon *d, struct diag *diag)
                          route_dispatch, w, "route") != 0)
       return GS_ERR_NOMEM;
     w->srv.prefetch = route_prefetch;
+    w->srv.prefetch_done = route_prefetch_done;
     w->srv.timed = true; /* the route latency histogram */
     for (size_t k = 0; k < cfg->nroute; k++) {
       struct listen_addr la = cfg->route[k];

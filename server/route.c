@@ -68,16 +68,17 @@ static const msgpack_object **slot_for(struct route_values *rv,
 
 /*
  * Index in l of text, if route_prefetch read these very bytes, else -1.
- * The texts come in request order, so only the next is checked; one that
- * route() never asked for (a request refused first) is passed over.
+ * The texts come in request order, so the search starts after the last
+ * one found and usually ends at once; those passed over belong to
+ * requests route() never asked about (refused first).
  */
 static int peek_find(struct peek_list *l, const char *text, size_t len)
 {
-  while (l->next < l->n && l->text[l->next] < text)
-    l->next++;
-  if (len > 0 && l->next < l->n && l->text[l->next] == text &&
-      l->len[l->next] == len)
-    return (int)l->next++;
+  for (size_t k = l->next; len > 0 && k < l->n; k++)
+    if (l->text[k] == text && l->len[k] == len) {
+      l->next = k + 1;
+      return (int)k;
+    }
   return -1;
 }
 
@@ -390,18 +391,29 @@ static void record_latency(struct worker *w, uint64_t ns)
   STAT_ADD(w->stats.latency_sum_ns, ns);
 }
 
-void route_prefetch(struct conn *c, const size_t *sizes, size_t n)
+static size_t max_size(size_t a, size_t b)
+{
+  return a > b ? a : b;
+}
+
+void route_prefetch(struct conn *c, const uint32_t *sizes, size_t n, bool first)
 {
   struct worker *w = c->srv->ctx;
-  addr128 a[CONN_BATCH];
-  size_t na = 0, off = 0;
+  addr128 *a = w->lookups;
+  size_t off = 0;
 
   /* What the last batch noted points into some buffer: forget it. */
-  w->peek_ip.n = w->peek_ip.next = w->peek_user.n = w->peek_user.next = 0;
-  if (n < 2)
-    return; /* one message has nothing to overlap with */
+  if (first) {
+    w->peek_ip.n = w->peek_ip.next = w->peek_user.n = w->peek_user.next = 0;
+    w->nlookups = 0;
+  }
   const struct optout_index *ix =
       atomic_load_explicit(&w->d->optouts, memory_order_acquire);
+  /* conn.c keeps a batch within CONN_PREFETCH_MAX messages, each adding
+   * at most one entry to each list; the bound here only makes that local. */
+  size_t used = max_size(w->nlookups, w->peek_user.n);
+  if (n > CONN_PREFETCH_MAX - used)
+    n = CONN_PREFETCH_MAX - used;
   for (size_t i = 0; i < n; off += sizes[i++]) {
     struct rpc_peek pk;
     if (!rpc_peek_route(c->in + off, sizes[i], &pk))
@@ -416,17 +428,24 @@ void route_prefetch(struct conn *c, const size_t *sizes, size_t n)
     }
     if (pk.ip == NULL) {
       if (c->peer_known)
-        a[na++] = c->peer;
+        a[w->nlookups++] = c->peer;
     } else if (parse_ip_text((msgpack_object_str){(uint32_t)pk.ip_len, pk.ip},
-                             &a[na]) == 0) {
-      w->peek_addr[w->peek_ip.n] = a[na++];
+                             &a[w->nlookups]) == 0) {
+      w->peek_addr[w->peek_ip.n] = a[w->nlookups++];
       peek_add(&w->peek_ip, pk.ip, pk.ip_len);
     }
   }
-  if (na > 1) {
+}
+
+void route_prefetch_done(struct conn_server *srv)
+{
+  struct worker *w = srv->ctx;
+
+  /* One lookup has nothing to overlap with. */
+  if (w->nlookups > 1) {
     struct snapshot *s =
         atomic_load_explicit(&w->d->current, memory_order_acquire);
-    table_prefetch(s->table, a, na);
+    table_prefetch(s->table, w->lookups, w->nlookups);
   }
 }
 

@@ -64,7 +64,7 @@ const struct answer *table_lookup(const struct table *t, addr128 a,
                                   uint8_t *scope);
 
 /* Addresses table_prefetch() takes at once; more are ignored. */
-#define TABLE_PREFETCH_MAX 32
+#define TABLE_PREFETCH_MAX 64
 
 /*
  * Warms the cache for table_lookup() of each of a[0..n): the loads of one

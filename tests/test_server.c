@@ -950,6 +950,43 @@ Test(server, pipelined_requests_are_answered_in_order)
   finish(&s);
 }
 
+/*
+ * Many connections that send at once: the route listener reads ahead
+ * across connections (64 messages at most, the rest on their own), so
+ * each reply must still be its own connection's. 24 connections of 5
+ * requests each, every connection starting at another address.
+ */
+Test(server, concurrent_connections_each_get_their_own_answers)
+{
+  enum { NCONN = 24, PER = 5 };
+  struct server s;
+  msgpack_sbuffer sb;
+  int fd[NCONN];
+
+  start_default(&s, NULL);
+  msgpack_sbuffer_init(&sb);
+  for (int k = 0; k < NCONN; k++)
+    fd[k] = raw_connect(&s);
+  for (int k = 0; k < NCONN; k++) {
+    pack_route_batch(&sb, 1 + (uint32_t)k * PER, PER);
+    cr_assert_eq(send(fd[k], sb.data, sb.size, MSG_NOSIGNAL), (ssize_t)sb.size);
+  }
+  for (int k = 0; k < NCONN; k++) {
+    struct rbuf in = {0};
+    char why[256];
+    int end = raw_exchange(fd[k], NULL, 0, &in, PER, HARNESS_IO_WAIT_MS, NULL);
+    cr_assert_eq(end, RAW_REPLIES, "connection %d: %s after %zu bytes", k,
+                 raw_end_name(end), in.len);
+    const char *problem =
+        check_route_batch(&in, 1 + (uint32_t)k * PER, PER, why, sizeof(why));
+    cr_assert_null(problem, "connection %d: %s", k, problem);
+    close(fd[k]);
+    rbuf_free(&in);
+  }
+  msgpack_sbuffer_destroy(&sb);
+  finish(&s);
+}
+
 /* [0, msgid, "route", [{ then nargs key/value pairs for the caller. */
 static void pack_route_head(msgpack_packer *pk, uint32_t msgid, uint32_t nargs)
 {
