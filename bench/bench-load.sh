@@ -16,7 +16,7 @@
 #
 # Environment:
 #   BENCH_N      requests per run, for every row (default: per row, below)
-#   BENCH_PAIRS  geosteerd/Redis pairs per row (default 3)
+#   BENCH_PAIRS  geosteerd/Redis pairs per row (default 5)
 #   BENCH_PIN    0: no pinning (default 1)
 #   LOADGEN, GEOSTEERD, REDIS_SERVER  the programs (default build/ and PATH)
 set -euo pipefail
@@ -25,7 +25,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 loadgen=${LOADGEN:-$root/build/loadgen}
 geosteerd=${GEOSTEERD:-$root/build/geosteerd}
 redis_server=${REDIS_SERVER:-redis-server}
-pairs=${BENCH_PAIRS:-3}
+pairs=${BENCH_PAIRS:-5}
 # C, P and the default requests per run, sized for a few seconds each.
 rows="1:1:100000 16:1:200000 64:1:200000 50:16:2000000"
 start_timeout=30 # seconds for a server to accept connections
