@@ -205,6 +205,8 @@ for row in $rows; do
     p99_ratio+=("$(awk -v a="${p99[-1]}" -v b="${r_p99[-1]}" \
       'BEGIN { printf "%.3f", a / b }')")
   done
+  say "$name: per pair: rps ${rps[*]}; redis_rps ${r_rps[*]};" \
+    "ratios ${ratio[*]}; p99 ratios ${p99_ratio[*]}"
   echo "${name}_requests: $n requests"
   echo "${name}_rps: $(median "${rps[@]}") req/s"
   echo "${name}_p50_us: $(median "${p50[@]}") us"
