@@ -745,6 +745,9 @@ void conn_server_stop(struct conn_server *srv)
 {
   if (srv->stopping)
     return;
+  /* Requests read in this iteration and still queued are in flight:
+   * answer them before the connections are marked to close. */
+  handle_input(srv);
   srv->stopping = true;
   for (int i = 0; i < srv->nlisteners; i++)
     uv_close((uv_handle_t *)srv->listeners[i], (uv_close_cb)free);

@@ -118,7 +118,7 @@ struct conn {
   bool rejecting;             /* over max_connections: say why, then close */
   int auth_failures;
   int open_handles; /* freed when this reaches 0 */
-  int refs;         /* holders besides the loop (deferred replies) */
+  int refs; /* holders besides the loop: deferred replies, srv's queues */
   uint64_t last_message_ms;
   char *in;
   size_t in_len;
@@ -134,6 +134,9 @@ int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
                      const struct config *cfg, size_t max_message,
                      _Atomic size_t *open_conns, conn_dispatch_fn dispatch,
                      void *ctx, const char *kind);
+/* Frees what init allocated. srv's check handle belongs to the loop: it
+ * is closed with the loop's other handles (uv_walk), before the loop is
+ * closed and this is called. */
 void conn_server_free(struct conn_server *srv);
 
 /*
