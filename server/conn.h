@@ -3,11 +3,13 @@
  * listeners (worker loops) and the admin listeners (control loop).
  *
  * Each connection has a fixed input buffer of max_message bytes. After
- * every read the scanner (scan.c) finds complete messages; each is decoded
- * and handed to the server's dispatch function, which packs its reply into
- * the connection's output buffer, so replies leave in request order and a
- * pipelined batch goes out in one write. A message that is too large, too
- * deep or malformed gets an error reply (when its msgid is known) and the
+ * every read (on listeners with a prefetch hook, after all the reads of a
+ * loop iteration) the scanner (scan.c) finds complete messages; each is
+ * decoded and handed to the server's dispatch function, which packs its
+ * reply into the connection's output buffer, so replies leave in request
+ * order and a pipelined batch goes out in one write, made once the loop
+ * iteration's input is handled. A message that is too large, too deep or
+ * malformed gets an error reply (when its msgid is known) and the
  * connection is closed once that reply is flushed.
  *
  * Limits: the idle timer is reset only by a complete message; past
