@@ -180,7 +180,7 @@ fuzz: $(BUILD)/fuzz-scan
 # --- end fuzzing -----------------------------------------------------------
 
 # --- load benchmark (bench-load) -------------------------------------------
-# make bench-load [BENCH_N=requests] [BENCH_PAIRS=5]: geosteerd's route
+# make bench-load [BENCH_N=requests] [BENCH_PAIRS=7]: geosteerd's route
 # listener and Redis under the same closed-loop load from $(BUILD)/loadgen;
 # bench/bench-load.sh starts both servers on free loopback ports and prints
 # `name: value unit` lines (docs/benchmarks.md). loadgen needs only libc;

@@ -6,8 +6,9 @@
 # from a temporary folder that holds their config, store and logs; stores a
 # 60-byte value under key k in Redis. Then for each row (C connections,
 # P requests in flight each) it runs loadgen against geosteerd and Redis in
-# turn, BENCH_PAIRS times, and prints the medians as `name: value unit`
-# lines prefixed c<C>_p<P>_. Both servers are stopped and the folder is
+# turn, BENCH_PAIRS times (geosteerd first in odd pairs, Redis first in
+# even ones), and prints the medians as `name: value unit` lines
+# prefixed c<C>_p<P>_. Both servers are stopped and the folder is
 # removed on every exit, failed or not. A failed run (error replies, a
 # refused connection, the timeout) stops the benchmark with status 1.
 #
@@ -16,7 +17,7 @@
 #
 # Environment:
 #   BENCH_N      requests per run, for every row (default: per row, below)
-#   BENCH_PAIRS  geosteerd/Redis pairs per row (default 5)
+#   BENCH_PAIRS  geosteerd/Redis pairs per row (default 7)
 #   BENCH_PIN    0: no pinning (default 1)
 #   LOADGEN, GEOSTEERD, REDIS_SERVER  the programs (default build/ and PATH)
 set -euo pipefail
@@ -25,7 +26,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 loadgen=${LOADGEN:-$root/build/loadgen}
 geosteerd=${GEOSTEERD:-$root/build/geosteerd}
 redis_server=${REDIS_SERVER:-redis-server}
-pairs=${BENCH_PAIRS:-5}
+pairs=${BENCH_PAIRS:-7}
 # C, P and the default requests per run, sized for a few seconds each.
 rows="1:1:100000 16:1:200000 64:1:200000 50:16:2000000"
 start_timeout=30 # seconds for a server to accept connections
@@ -176,6 +177,19 @@ figure() {
   awk -v name="$1:" '$1 == name { print $2 }' "$dir/out"
 }
 
+# One run against each server, its figures appended to the row's arrays.
+# $1: C, $2: P, $3: N.
+run_geosteerd() {
+  run_loadgen msgpack "$geosteerd_port" "$1" "$2" "$3" || return 1
+  rps+=("$(figure rps)") p50+=("$(figure p50_us)")
+  p99+=("$(figure p99_us)") p999+=("$(figure p999_us)")
+}
+run_redis() {
+  run_loadgen resp "$redis_port" "$1" "$2" "$3" || return 1
+  r_rps+=("$(figure rps)") r_p50+=("$(figure p50_us)")
+  r_p99+=("$(figure p99_us)") r_p999+=("$(figure p999_us)")
+}
+
 if [ ! -x "$loadgen" ] || [ ! -x "$geosteerd" ]; then
   say "needs $loadgen and $geosteerd; run 'make bench-load'"
   exit 1
@@ -194,12 +208,13 @@ for row in $rows; do
   ratio=() p99_ratio=()
   for ((i = 1; i <= pairs; i++)); do
     say "$name: pair $i of $pairs, $n requests each"
-    run_loadgen msgpack "$geosteerd_port" "$c" "$p" "$n" || exit 1
-    rps+=("$(figure rps)") p50+=("$(figure p50_us)")
-    p99+=("$(figure p99_us)") p999+=("$(figure p999_us)")
-    run_loadgen resp "$redis_port" "$c" "$p" "$n" || exit 1
-    r_rps+=("$(figure rps)") r_p50+=("$(figure p50_us)")
-    r_p99+=("$(figure p99_us)") r_p999+=("$(figure p999_us)")
+    # Odd pairs run geosteerd first, even pairs Redis: neither server
+    # always runs on the heels of the other.
+    if ((i % 2)); then
+      run_geosteerd "$c" "$p" "$n" && run_redis "$c" "$p" "$n" || exit 1
+    else
+      run_redis "$c" "$p" "$n" && run_geosteerd "$c" "$p" "$n" || exit 1
+    fi
     ratio+=("$(awk -v a="${rps[-1]}" -v b="${r_rps[-1]}" \
       'BEGIN { printf "%.3f", a / b }')")
     p99_ratio+=("$(awk -v a="${p99[-1]}" -v b="${r_p99[-1]}" \
