@@ -221,6 +221,7 @@ for row in $rows; do
       'BEGIN { printf "%.3f", a / b }')")
   done
   say "$name: per pair: rps ${rps[*]}; redis_rps ${r_rps[*]};" \
+    "p99_us ${p99[*]}; redis_p99_us ${r_p99[*]};" \
     "ratios ${ratio[*]}; p99 ratios ${p99_ratio[*]}"
   echo "${name}_requests: $n requests"
   echo "${name}_rps: $(median "${rps[@]}") req/s"
