@@ -177,17 +177,18 @@ figure() {
   awk -v name="$1:" '$1 == name { print $2 }' "$dir/out"
 }
 
-# One run against each server, its figures appended to the row's arrays.
-# $1: C, $2: P, $3: N.
-run_geosteerd() {
-  run_loadgen msgpack "$geosteerd_port" "$1" "$2" "$3" || return 1
-  rps+=("$(figure rps)") p50+=("$(figure p50_us)")
-  p99+=("$(figure p99_us)") p999+=("$(figure p999_us)")
-}
-run_redis() {
-  run_loadgen resp "$redis_port" "$1" "$2" "$3" || return 1
-  r_rps+=("$(figure rps)") r_p50+=("$(figure p50_us)")
-  r_p99+=("$(figure p99_us)") r_p999+=("$(figure p999_us)")
+# One run against $1 (geosteerd or redis), its figures appended to the
+# row's arrays: rps, p50, p99, p999 for geosteerd, the same with r_ for
+# Redis. $2: C, $3: P, $4: N.
+run_server() {
+  local mode=msgpack port=$geosteerd_port pre=""
+  if [ "$1" = redis ]; then
+    mode=resp port=$redis_port pre=r_
+  fi
+  run_loadgen "$mode" "$port" "$2" "$3" "$4" || return 1
+  local -n to_rps=${pre}rps to_p50=${pre}p50 to_p99=${pre}p99 to_p999=${pre}p999
+  to_rps+=("$(figure rps)") to_p50+=("$(figure p50_us)")
+  to_p99+=("$(figure p99_us)") to_p999+=("$(figure p999_us)")
 }
 
 if [ ! -x "$loadgen" ] || [ ! -x "$geosteerd" ]; then
@@ -210,11 +211,11 @@ for row in $rows; do
     say "$name: pair $i of $pairs, $n requests each"
     # Odd pairs run geosteerd first, even pairs Redis: neither server
     # always runs on the heels of the other.
-    if ((i % 2)); then
-      run_geosteerd "$c" "$p" "$n" && run_redis "$c" "$p" "$n" || exit 1
-    else
-      run_redis "$c" "$p" "$n" && run_geosteerd "$c" "$p" "$n" || exit 1
-    fi
+    order="geosteerd redis"
+    ((i % 2)) || order="redis geosteerd"
+    for server in $order; do
+      run_server "$server" "$c" "$p" "$n" || exit 1
+    done
     ratio+=("$(awk -v a="${rps[-1]}" -v b="${r_rps[-1]}" \
       'BEGIN { printf "%.3f", a / b }')")
     p99_ratio+=("$(awk -v a="${p99[-1]}" -v b="${r_p99[-1]}" \
