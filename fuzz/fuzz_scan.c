@@ -8,7 +8,8 @@
  * the scanner waits on (under the smaller limits) is one msgpack-c waits
  * on too. Every message the scanner accepts under the server's default
  * limit then goes through the server's request decoder (rpc_decode), as
- * it would on a connection. Any broken promise traps, which libFuzzer
+ * it would on a connection, and a request it gives must be the one
+ * msgpack-c's objects hold. Any broken promise traps, which libFuzzer
  * records as a crash with its input.
  */
 #include <msgpack.h>
@@ -130,6 +131,39 @@ static void unpack_agrees(const uint8_t *data, size_t size)
   msgpack_zone_clear(&zb);
 }
 
+/*
+ * A request rpc_decode gave (read in one pass when it has the flat form)
+ * is the one msgpack_unpack's objects hold: the same msgid, method and
+ * arguments.
+ */
+static void request_agrees(const uint8_t *data, size_t size,
+                           const struct rpc_request *req)
+{
+  static msgpack_zone zone;
+  static int ready;
+  msgpack_object o, method = {.type = MSGPACK_OBJECT_STR};
+  size_t off = 0;
+
+  if (!ready) {
+    if (!rpc_zone_init(&zone, SERVER_MAX_MESSAGE))
+      __builtin_trap();
+    ready = 1;
+  }
+  if (msgpack_unpack((const char *)data, size, &off, &zone, &o) !=
+          MSGPACK_UNPACK_SUCCESS ||
+      o.type != MSGPACK_OBJECT_ARRAY || o.via.array.size != 4)
+    __builtin_trap();
+  const msgpack_object *e = o.via.array.ptr, *params = &e[3];
+  method.via.str = req->method;
+  if (e[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+      e[1].via.u64 != req->msgid || !same_object(&e[2], &method) ||
+      params->type != MSGPACK_OBJECT_ARRAY ||
+      (params->via.array.size == 0) != (req->args == NULL) ||
+      (req->args && !same_object(&params->via.array.ptr[0], req->args)))
+    __builtin_trap();
+  msgpack_zone_clear(&zone);
+}
+
 /* Decodes an accepted message the way a connection does. */
 static void decode(const uint8_t *data, size_t size)
 {
@@ -152,6 +186,8 @@ static void decode(const uint8_t *data, size_t size)
       __builtin_trap();
     (void)rpc_check_keys(req.args, (const char *const[]){"ip", "user", NULL},
                          why, sizeof(why));
+    if (req.type == GS_RPC_REQUEST)
+      request_agrees(data, size, &req);
     peek_agrees(data, size, &req);
   }
   msgpack_zone_clear(&zone);

@@ -202,6 +202,155 @@ bool rpc_unpack(const char *msg, size_t len, msgpack_zone *zone,
          off == len;
 }
 
+/*
+ * The flat form almost every request takes: [0, msgid, method, params]
+ * with a positive fixint 0, a msgid that is a positive fixint, uint8,
+ * uint16 or uint32, a fixstr method and params [] or [fixmap] whose keys
+ * are fixstr and whose values are nil, booleans, fixints, fixstr or
+ * str8/str16. flat_head() and flat_value() read it without recursion or
+ * allocation; anything else makes them return NULL and is left to the
+ * general decoder, which gives the same objects for these bytes.
+ */
+
+/*
+ * Reads the envelope up to the first key: the msgid, the method and the
+ * number of pairs (-1 for params []). Every read is bounded by end.
+ */
+static const uint8_t *flat_head(const uint8_t *p, const uint8_t *end,
+                                uint32_t *msgid, msgpack_object_str *method,
+                                int *pairs)
+{
+  size_t n;
+
+  if (end - p < 5 || p[0] != 0x94 || p[1] != 0x00)
+    return NULL;
+  p += 2;
+  switch (*p) {
+  case 0xcc:
+    n = 1;
+    break;
+  case 0xcd:
+    n = 2;
+    break;
+  case 0xce:
+    n = 4;
+    break;
+  default:
+    if (*p > 0x7f)
+      return NULL;
+    n = 0;
+  }
+  if ((size_t)(end - p) < n + 3)
+    return NULL;
+  if (n == 0) {
+    *msgid = *p++;
+  } else {
+    uint32_t v = 0;
+    for (size_t i = 1; i <= n; i++)
+      v = v << 8 | p[i];
+    *msgid = v;
+    p += 1 + n;
+  }
+  if ((*p & 0xe0) != 0xa0)
+    return NULL;
+  n = *p++ & 0x1f;
+  if ((size_t)(end - p) < n + 1)
+    return NULL;
+  method->size = (uint32_t)n;
+  method->ptr = n ? (const char *)p : NULL; /* as msgpack_unpack */
+  p += n;
+  if (*p == 0x90) {
+    *pairs = -1;
+    return p + 1;
+  }
+  if (*p != 0x91 || end - p < 2 || (p[1] & 0xf0) != 0x80)
+    return NULL;
+  *pairs = p[1] & 0x0f;
+  return p + 2;
+}
+
+/* One flat value (or, with key set, a fixstr key) into *o. */
+static const uint8_t *flat_value(const uint8_t *p, const uint8_t *end,
+                                 msgpack_object *o, bool key)
+{
+  uint8_t b;
+  size_t n;
+
+  if (p >= end)
+    return NULL;
+  b = *p++;
+  if ((b & 0xe0) == 0xa0) {
+    n = b & 0x1f;
+  } else if (key) {
+    return NULL;
+  } else if (b <= 0x7f || b >= 0xe0) {
+    o->type = b <= 0x7f ? MSGPACK_OBJECT_POSITIVE_INTEGER
+                        : MSGPACK_OBJECT_NEGATIVE_INTEGER;
+    o->via.i64 = (int8_t)b; /* for a positive fixint, u64 alike */
+    return p;
+  } else if (b == 0xc0 || b == 0xc2 || b == 0xc3) {
+    o->type = b == 0xc0 ? MSGPACK_OBJECT_NIL : MSGPACK_OBJECT_BOOLEAN;
+    o->via.boolean = b == 0xc3;
+    return p;
+  } else if (b == 0xd9 && p < end) {
+    n = *p++;
+  } else if (b == 0xda && end - p >= 2) {
+    n = (size_t)p[0] << 8 | p[1];
+    p += 2;
+  } else {
+    return NULL;
+  }
+  if ((size_t)(end - p) < n)
+    return NULL;
+  o->type = MSGPACK_OBJECT_STR;
+  o->via.str.size = (uint32_t)n;
+  o->via.str.ptr = n ? (const char *)p : NULL; /* as msgpack_unpack */
+  return p + n;
+}
+
+/*
+ * Decodes a request of the flat form into *req, its arguments in zone;
+ * false, with *req untouched, for any other form.
+ */
+static bool decode_flat(const uint8_t *p, const uint8_t *end,
+                        msgpack_zone *zone, struct rpc_request *req)
+{
+  msgpack_object kv_buf[2 * 15];
+  msgpack_object_str method;
+  uint32_t msgid;
+  int pairs;
+
+  p = flat_head(p, end, &msgid, &method, &pairs);
+  if (p == NULL)
+    return false;
+  for (int i = 0; i < 2 * pairs && p != NULL; i++)
+    p = flat_value(p, end, &kv_buf[i], i % 2 == 0);
+  if (p != end)
+    return false;
+  const msgpack_object *args = NULL;
+  if (pairs >= 0) {
+    /* The same layout msgpack_unpack gives: a map object, its pairs. */
+    msgpack_object *map = msgpack_zone_malloc(zone, sizeof(*map));
+    msgpack_object_kv *kv =
+        pairs ? msgpack_zone_malloc(zone, (size_t)pairs * sizeof(*kv)) : NULL;
+    if (map == NULL || (pairs && kv == NULL))
+      return false;
+    for (int i = 0; i < pairs; i++) {
+      kv[i].key = kv_buf[2 * i];
+      kv[i].val = kv_buf[2 * i + 1];
+    }
+    map->type = MSGPACK_OBJECT_MAP;
+    map->via.map.size = (uint32_t)pairs;
+    map->via.map.ptr = kv;
+    args = map;
+  }
+  req->type = GS_RPC_REQUEST;
+  req->msgid = msgid;
+  req->method = method;
+  req->args = args;
+  return true;
+}
+
 bool rpc_decode(const char *msg, size_t len, msgpack_zone *zone,
                 struct rpc_request *req, bool *msgid_known, uint32_t *msgid,
                 char *why, size_t why_size)
@@ -210,6 +359,12 @@ bool rpc_decode(const char *msg, size_t len, msgpack_zone *zone,
   const msgpack_object *e, *params;
 
   *msgid_known = false;
+  if (decode_flat((const uint8_t *)msg, (const uint8_t *)msg + len, zone,
+                  req)) {
+    *msgid_known = true;
+    *msgid = req->msgid;
+    return true;
+  }
   if (!rpc_unpack(msg, len, zone, &o)) {
     snprintf(why, why_size, "malformed MessagePack");
     return false;
@@ -411,58 +566,38 @@ bool rpc_valid_text(const msgpack_object *o, size_t max)
          text_valid_utf8(o->via.str.ptr, o->via.str.size);
 }
 
-/* A fixstr or str8 at p (before end): its text, or NULL. */
-static const char *peek_str(const uint8_t *p, const uint8_t *end, size_t *len)
-{
-  size_t hdr = (*p & 0xe0) == 0xa0 ? 1 : *p == 0xd9 ? 2 : 0;
-  if (hdr == 0 || (size_t)(end - p) < hdr)
-    return NULL;
-  *len = hdr == 1 ? (size_t)(*p & 0x1f) : p[1];
-  return (size_t)(end - p) >= hdr + *len ? (const char *)p + hdr : NULL;
-}
-
 bool rpc_peek_route(const char *msg, size_t size, struct rpc_peek *out)
 {
   const uint8_t *p = (const uint8_t *)msg, *end = p + size;
-  size_t sz;
-  unsigned pairs;
+  msgpack_object_str method;
+  uint32_t msgid;
+  int pairs;
 
   memset(out, 0, sizeof(*out));
-  if (size < 10 || p[0] != 0x94 || p[1] != 0x00)
+  p = flat_head(p, end, &msgid, &method, &pairs);
+  if (p == NULL || pairs < 0 || !rpc_str_is(method, "route"))
     return false;
-  p += 2;
-  if (scan_message(p, (size_t)(end - p), (size_t)(end - p), 0, &sz) != SCAN_OK)
-    return false; /* the msgid */
-  p += sz;
-  if (end - p < 8 || memcmp(p, "\xa5route\x91", 7) != 0 ||
-      (p[7] & 0xf0) != 0x80)
-    return false;
-  pairs = p[7] & 0x0f;
-  p += 8;
-  while (pairs-- > 0) {
-    if (end - p < 1 || (*p & 0xe0) != 0xa0)
-      return false; /* keys are fixstr */
-    size_t key_len = *p & 0x1f;
-    if ((size_t)(end - p) < key_len + 2)
-      return false; /* the key and at least a byte of value */
-    const char *key = (const char *)p + 1;
+  for (int i = 0; i < pairs; i++) {
+    msgpack_object k, v;
+    if ((p = flat_value(p, end, &k, true)) == NULL ||
+        (p = flat_value(p, end, &v, false)) == NULL)
+      return false;
     const char **text = NULL;
     size_t *text_len = NULL;
-    if (key_len == 2 && memcmp(key, "ip", 2) == 0 && out->ip == NULL) {
+    if (rpc_str_is(k.via.str, "ip") && out->ip == NULL) {
       text = &out->ip;
       text_len = &out->ip_len;
-    } else if (key_len == 4 && memcmp(key, "user", 4) == 0 &&
-               out->user == NULL) {
+    } else if (rpc_str_is(k.via.str, "user") && out->user == NULL) {
       text = &out->user;
       text_len = &out->user_len;
     }
-    p += 1 + key_len;
-    if (text != NULL && (*text = peek_str(p, end, text_len)) == NULL)
-      return false; /* not a string: leave it to the decoder */
-    if (scan_message(p, (size_t)(end - p), (size_t)(end - p), SCAN_MAX_DEPTH,
-                     &sz) != SCAN_OK)
-      return false;
-    p += sz;
+    if (text == NULL)
+      continue;
+    if (v.type != MSGPACK_OBJECT_STR)
+      return false; /* leave it to the decoder to refuse */
+    /* An empty text has no ptr: then where it ends, so that it is there. */
+    *text = v.via.str.size ? v.via.str.ptr : (const char *)p;
+    *text_len = v.via.str.size;
   }
-  return true;
+  return p == end;
 }

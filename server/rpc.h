@@ -45,10 +45,10 @@ struct rpc_peek {
 /*
  * Reads a scanned message's bytes, without decoding them, for what warms
  * the caches a route request will need: true when it is
- * [0, msgid, "route", [map]] with a fixmap of fixstr keys, and then out
- * holds the texts of its first "ip" and "user" (fixstr or str8). False for
- * anything else, including what rpc_decode would accept in other forms;
- * only a hint, never a decision.
+ * [0, msgid, "route", [map]] in the flat form (see rpc_decode), and then
+ * out holds the texts of its first "ip" and "user", which must be
+ * strings. False for anything else, including what rpc_decode would
+ * accept in other forms; only a hint, never a decision.
  */
 bool rpc_peek_route(const char *m, size_t size, struct rpc_peek *out);
 
@@ -67,6 +67,13 @@ bool rpc_zone_init(msgpack_zone *zone, size_t max_message);
  * Decodes the scanned message msg[0..len) into *req (objects live in zone
  * until msgpack_zone_clear). On failure returns false, fills why and sets
  * *msgid_known and *msgid when the msgid could be read.
+ *
+ * The flat form, which almost every request takes, is read in one pass
+ * without building the whole object tree: [0, msgid, method, params] with
+ * a msgid that is a positive fixint, uint8, uint16 or uint32, a fixstr
+ * method, and params [] or [fixmap] of fixstr keys whose values are nil,
+ * booleans, fixints, fixstr, str8 or str16. It gives the same *req as the
+ * general decoder.
  */
 bool rpc_decode(const char *msg, size_t len, msgpack_zone *zone,
                 struct rpc_request *req, bool *msgid_known, uint32_t *msgid,
