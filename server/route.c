@@ -441,8 +441,7 @@ void route_prefetch_done(struct conn_server *srv)
 {
   struct worker *w = srv->ctx;
 
-  /* One lookup has nothing to overlap with. */
-  if (w->nlookups > 1) {
+  if (w->nlookups > 0) {
     struct snapshot *s =
         atomic_load_explicit(&w->d->current, memory_order_acquire);
     table_prefetch(s->table, w->lookups, w->nlookups);

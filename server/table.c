@@ -933,6 +933,10 @@ void table_prefetch(const struct table *t, const addr128 *a, size_t n)
     __builtin_prefetch(&bk[m][1].first);
     m++;
   }
+  /* One address: the next levels would wait for this one with nothing to
+   * overlap; the caller's own work until its lookup overlaps this miss. */
+  if (m < 2)
+    return;
   /* Level 2: the slots of buckets that are more than one range. */
   for (size_t i = 0; i < m; i++)
     if (!one_range(bk[i]))
