@@ -81,6 +81,15 @@ static bool as_u32(const msgpack_object *o, uint32_t *out)
   return true;
 }
 
+/* Makes o the string of the n bytes at p (all in the input); the end. */
+static const uint8_t *str_object(msgpack_object *o, const uint8_t *p, size_t n)
+{
+  o->type = MSGPACK_OBJECT_STR;
+  o->via.str.size = (uint32_t)n;
+  o->via.str.ptr = n ? (const char *)p : NULL; /* as msgpack_unpack */
+  return p + n;
+}
+
 /*
  * A decoder for the forms requests take: nil, booleans, integers,
  * strings, arrays and maps (not floats, bin or ext: then false, and
@@ -152,10 +161,7 @@ static const uint8_t *unpack_simple(const uint8_t *p, const uint8_t *end,
       n = b & 0x1f;
     if ((uint64_t)(end - p) < n)
       return NULL;
-    o->type = MSGPACK_OBJECT_STR;
-    o->via.str.size = (uint32_t)n;
-    o->via.str.ptr = n ? (const char *)p : NULL; /* as msgpack_unpack */
-    return p + n;
+    return str_object(o, p, (size_t)n);
   }
   bool is_map = (b & 0xf0) == 0x80 || b == 0xde || b == 0xdf;
   if ((b & 0xf0) == 0x90 || (b & 0xf0) == 0x80)
@@ -302,10 +308,7 @@ static const uint8_t *flat_value(const uint8_t *p, const uint8_t *end,
   }
   if ((size_t)(end - p) < n)
     return NULL;
-  o->type = MSGPACK_OBJECT_STR;
-  o->via.str.size = (uint32_t)n;
-  o->via.str.ptr = n ? (const char *)p : NULL; /* as msgpack_unpack */
-  return p + n;
+  return str_object(o, p, n);
 }
 
 /*
