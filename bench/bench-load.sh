@@ -178,8 +178,8 @@ figure() {
 }
 
 # One run against $1 (geosteerd or redis), its figures appended to the
-# row's arrays: rps, p50, p99, p999 for geosteerd, the same with r_ for
-# Redis. $2: C, $3: P, $4: N.
+# row's arrays: rps, p50, p99, p999 and cpu (loadgen's own) for geosteerd,
+# the same with r_ for Redis. $2: C, $3: P, $4: N.
 run_server() {
   local mode=msgpack port=$geosteerd_port pre=""
   if [ "$1" = redis ]; then
@@ -187,8 +187,19 @@ run_server() {
   fi
   run_loadgen "$mode" "$port" "$2" "$3" "$4" || return 1
   local -n to_rps=${pre}rps to_p50=${pre}p50 to_p99=${pre}p99 to_p999=${pre}p999
+  local -n to_cpu=${pre}cpu
   to_rps+=("$(figure rps)") to_p50+=("$(figure p50_us)")
   to_p99+=("$(figure p99_us)") to_p999+=("$(figure p999_us)")
+  to_cpu+=("$(figure client_cpu)")
+}
+
+# Warns when loadgen was busy nearly all the time in $1's runs (median
+# $2 %): then the client, not only the server, set the pace and the tail.
+client_bound() {
+  if awk -v c="$2" 'BEGIN { exit !(c >= 95) }'; then
+    say "$name: loadgen used $2 % of its CPU in $1's runs:" \
+      "the row measures the client as much as the server"
+  fi
 }
 
 if [ ! -x "$loadgen" ] || [ ! -x "$geosteerd" ]; then
@@ -205,7 +216,8 @@ for row in $rows; do
   IFS=: read -r c p n <<<"$row"
   n=${BENCH_N:-$n}
   name="c${c}_p${p}"
-  rps=() p50=() p99=() p999=() r_rps=() r_p50=() r_p99=() r_p999=()
+  rps=() p50=() p99=() p999=() cpu=() r_rps=() r_p50=() r_p99=() r_p999=()
+  r_cpu=()
   ratio=() p99_ratio=()
   for ((i = 1; i <= pairs; i++)); do
     say "$name: pair $i of $pairs, $n requests each"
@@ -223,7 +235,8 @@ for row in $rows; do
   done
   say "$name: per pair: rps ${rps[*]}; redis_rps ${r_rps[*]};" \
     "p99_us ${p99[*]}; redis_p99_us ${r_p99[*]};" \
-    "ratios ${ratio[*]}; p99 ratios ${p99_ratio[*]}"
+    "ratios ${ratio[*]}; p99 ratios ${p99_ratio[*]};" \
+    "loadgen cpu % ${cpu[*]}; with redis ${r_cpu[*]}"
   echo "${name}_requests: $n requests"
   echo "${name}_rps: $(median "${rps[@]}") req/s"
   echo "${name}_p50_us: $(median "${p50[@]}") us"
@@ -235,4 +248,8 @@ for row in $rows; do
   echo "${name}_redis_p999_us: $(median "${r_p999[@]}") us"
   echo "${name}_ratio_vs_redis: $(median "${ratio[@]}") x"
   echo "${name}_p99_vs_redis: $(median "${p99_ratio[@]}") x"
+  echo "${name}_client_cpu: $(median "${cpu[@]}") %"
+  echo "${name}_redis_client_cpu: $(median "${r_cpu[@]}") %"
+  client_bound geosteerd "$(median "${cpu[@]}")"
+  client_bound Redis "$(median "${r_cpu[@]}")"
 done

@@ -167,6 +167,7 @@ int main(int argc, char **argv)
   printf("p99_us: %.1f us\n", r.p99_us);
   printf("p999_us: %.1f us\n", r.p999_us);
   printf("max_us: %.1f us\n", r.max_us);
+  printf("client_cpu: %.1f %%\n", 100 * r.client_cpu);
   printf("errors: %" PRIu64 " replies\n", r.errors);
   printf("requests: %" PRIu64 " requests\n", r.replies);
   printf("warmup: %" PRIu64 " requests\n", settings.warmup);

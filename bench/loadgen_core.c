@@ -59,6 +59,7 @@ static struct conn *conns;
 static int epfd = -1;
 static uint64_t issued, replied, errors;
 static uint64_t measure_start_ns, last_reply_ns;
+static uint64_t measure_start_cpu_ns; /* this process's CPU time then */
 static uint64_t hist[HIST_BUCKETS];
 static uint64_t lat_max_ns;
 static char first_error[LOADGEN_TEXT_MAX + 1];
@@ -196,6 +197,21 @@ static int flush(struct conn *c)
   return set_events(c, c->out_off < c->out_len);
 }
 
+/* CPU time of this process, user and system, in nanoseconds. */
+static uint64_t process_cpu_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The measured part of the run starts at t. */
+static void start_measuring(uint64_t t)
+{
+  measure_start_ns = t;
+  measure_start_cpu_ns = process_cpu_ns();
+}
+
 /* One reply received at t: latency, warmup boundary, error count. */
 static void complete(struct conn *c, uint64_t t, bool failed, const char *why)
 {
@@ -209,7 +225,7 @@ static void complete(struct conn *c, uint64_t t, bool failed, const char *why)
   if (replied > settings->warmup)
     hist_record(t - sent);
   else if (replied == settings->warmup)
-    measure_start_ns = t;
+    start_measuring(t);
   last_reply_ns = t;
 }
 
@@ -342,7 +358,8 @@ static int on_connected(struct conn *c)
 /* Sends the first P requests on every connection; the clock starts. */
 static int start_load(void)
 {
-  measure_start_ns = loadgen_now_ns();
+  if (settings->warmup == 0)
+    start_measuring(loadgen_now_ns());
   for (uint32_t i = 0; i < settings->conns; i++) {
     for (uint32_t k = 0; k < settings->pipeline && issued < settings->total;
          k++)
@@ -448,8 +465,11 @@ int loadgen_run(const struct loadgen_settings *s, struct loadgen_result *r)
   if (drive(ai, loadgen_now_ns() + (uint64_t)(s->timeout_s * 1e9)) != 0)
     goto out_release;
 
+  uint64_t cpu_ns = process_cpu_ns() - measure_start_cpu_ns;
+  uint64_t wall_ns = loadgen_now_ns() - measure_start_ns;
   uint64_t measured = s->total - s->warmup;
   double secs = (double)(last_reply_ns - measure_start_ns) / 1e9;
+  r->client_cpu = wall_ns > 0 ? (double)cpu_ns / (double)wall_ns : 0.0;
   r->replies = replied;
   r->errors = errors;
   r->rps = secs > 0 ? (double)measured / secs : 0.0;

@@ -75,7 +75,10 @@ struct loadgen_result {
   uint64_t errors;  /* replies the parser marked failed */
   double rps;       /* measured replies over their time */
   double p50_us, p90_us, p99_us, p999_us, max_us; /* measured latency */
-  char first_error[LOADGEN_TEXT_MAX + 1];         /* "" when errors is 0 */
+  /* The load generator's own CPU time over the measured part, as a share
+   * of one CPU: near 1, the client rather than the server sets the pace. */
+  double client_cpu;
+  char first_error[LOADGEN_TEXT_MAX + 1]; /* "" when errors is 0 */
 };
 
 /*
