@@ -70,9 +70,9 @@ const struct answer *table_lookup(const struct table *t, addr128 a,
  * Warms the cache for table_lookup() of each of a[0..n): the loads of one
  * level of the search are issued for every address before any of the
  * next, so the cache misses of a batch of lookups overlap instead of each
- * lookup waiting for its own. For a single address only the first level
- * is issued, without waiting for it: the caller's work until the lookup
- * overlaps that miss. IPv4 addresses only; others are skipped. Changes
+ * lookup waiting for its own. IPv4 addresses only; others are skipped.
+ * For a single one only the first level is issued, without waiting for
+ * it: the caller's work until the lookup overlaps that miss. Changes
  * nothing but the cache.
  */
 void table_prefetch(const struct table *t, const addr128 *a, size_t n);
