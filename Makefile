@@ -167,7 +167,7 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
 FUZZ_SRC := fuzz/fuzz_scan.c server/scan.c server/rpc.c server/errors.c \
             server/text.c
 
-$(BUILD)/fuzz-scan: $(FUZZ_SRC) server/scan.h server/rpc.h | deps
+$(BUILD)/fuzz-scan: $(FUZZ_SRC) server/scan.h server/rpc.h tests/msgpack_same.h | deps
 	@mkdir -p $(BUILD)
 	clang $(FUZZ_CFLAGS) -D_GNU_SOURCE $(PKG_CFLAGS) -o $@ $(FUZZ_SRC) \
 	  -lmsgpackc -luv

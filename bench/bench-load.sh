@@ -248,8 +248,9 @@ for row in $rows; do
   echo "${name}_redis_p999_us: $(median "${r_p999[@]}") us"
   echo "${name}_ratio_vs_redis: $(median "${ratio[@]}") x"
   echo "${name}_p99_vs_redis: $(median "${p99_ratio[@]}") x"
-  echo "${name}_client_cpu: $(median "${cpu[@]}") %"
-  echo "${name}_redis_client_cpu: $(median "${r_cpu[@]}") %"
-  client_bound geosteerd "$(median "${cpu[@]}")"
-  client_bound Redis "$(median "${r_cpu[@]}")"
+  cpu_median=$(median "${cpu[@]}") r_cpu_median=$(median "${r_cpu[@]}")
+  echo "${name}_client_cpu: $cpu_median %"
+  echo "${name}_redis_client_cpu: $r_cpu_median %"
+  client_bound geosteerd "$cpu_median"
+  client_bound Redis "$r_cpu_median"
 done

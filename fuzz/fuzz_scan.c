@@ -21,6 +21,8 @@
 #include "rpc.h"
 #include "scan.h"
 
+#include "../tests/msgpack_same.h"
+
 #define SERVER_MAX_MESSAGE 4096 /* the default limits.max_message */
 
 /* The value of the first key named name in args, or NULL. */
@@ -68,45 +70,6 @@ static void peek_agrees(const uint8_t *data, size_t size,
   same_text(pk.user, pk.user_len, first_value(req->args, "user"), data, size);
 }
 
-/* Same value, as far as any reader can tell (pointers aside). */
-static int same_object(const msgpack_object *a, const msgpack_object *b)
-{
-  if (a->type != b->type)
-    return 0;
-  switch (a->type) {
-  case MSGPACK_OBJECT_NIL:
-    return 1;
-  case MSGPACK_OBJECT_BOOLEAN:
-    return a->via.boolean == b->via.boolean;
-  case MSGPACK_OBJECT_POSITIVE_INTEGER:
-    return a->via.u64 == b->via.u64;
-  case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-    return a->via.i64 == b->via.i64;
-  case MSGPACK_OBJECT_STR:
-  case MSGPACK_OBJECT_BIN:
-    return a->via.str.size == b->via.str.size &&
-           (a->via.str.size == 0 ||
-            memcmp(a->via.str.ptr, b->via.str.ptr, a->via.str.size) == 0);
-  case MSGPACK_OBJECT_ARRAY:
-    if (a->via.array.size != b->via.array.size)
-      return 0;
-    for (uint32_t i = 0; i < a->via.array.size; i++)
-      if (!same_object(&a->via.array.ptr[i], &b->via.array.ptr[i]))
-        return 0;
-    return 1;
-  case MSGPACK_OBJECT_MAP:
-    if (a->via.map.size != b->via.map.size)
-      return 0;
-    for (uint32_t i = 0; i < a->via.map.size; i++)
-      if (!same_object(&a->via.map.ptr[i].key, &b->via.map.ptr[i].key) ||
-          !same_object(&a->via.map.ptr[i].val, &b->via.map.ptr[i].val))
-        return 0;
-    return 1;
-  default: /* floats, ext: rpc_unpack leaves them to msgpack_unpack */
-    return 1;
-  }
-}
-
 /* rpc_unpack must decode exactly what msgpack_unpack decodes. */
 static void unpack_agrees(const uint8_t *data, size_t size)
 {
@@ -125,7 +88,7 @@ static void unpack_agrees(const uint8_t *data, size_t size)
   int ok_b = msgpack_unpack((const char *)data, size, &off, &zb, &b) ==
                  MSGPACK_UNPACK_SUCCESS &&
              off == size;
-  if (ok_a != ok_b || (ok_a && !same_object(&a, &b)))
+  if (ok_a != ok_b || (ok_a && !msgpack_same(&a, &b)))
     __builtin_trap();
   msgpack_zone_clear(&za);
   msgpack_zone_clear(&zb);
@@ -156,10 +119,10 @@ static void request_agrees(const uint8_t *data, size_t size,
   const msgpack_object *e = o.via.array.ptr, *params = &e[3];
   method.via.str = req->method;
   if (e[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-      e[1].via.u64 != req->msgid || !same_object(&e[2], &method) ||
+      e[1].via.u64 != req->msgid || !msgpack_same(&e[2], &method) ||
       params->type != MSGPACK_OBJECT_ARRAY ||
       (params->via.array.size == 0) != (req->args == NULL) ||
-      (req->args && !same_object(&params->via.array.ptr[0], req->args)))
+      (req->args && !msgpack_same(&params->via.array.ptr[0], req->args)))
     __builtin_trap();
   msgpack_zone_clear(&zone);
 }

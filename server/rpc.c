@@ -218,63 +218,6 @@ bool rpc_unpack(const char *msg, size_t len, msgpack_zone *zone,
  * general decoder, which gives the same objects for these bytes.
  */
 
-/*
- * Reads the envelope up to the first key: the msgid, the method and the
- * number of pairs (-1 for params []). Every read is bounded by end.
- */
-static const uint8_t *flat_head(const uint8_t *p, const uint8_t *end,
-                                uint32_t *msgid, msgpack_object_str *method,
-                                int *pairs)
-{
-  size_t n;
-
-  if (end - p < 5 || p[0] != 0x94 || p[1] != 0x00)
-    return NULL;
-  p += 2;
-  switch (*p) {
-  case 0xcc:
-    n = 1;
-    break;
-  case 0xcd:
-    n = 2;
-    break;
-  case 0xce:
-    n = 4;
-    break;
-  default:
-    if (*p > 0x7f)
-      return NULL;
-    n = 0;
-  }
-  if ((size_t)(end - p) < n + 3)
-    return NULL;
-  if (n == 0) {
-    *msgid = *p++;
-  } else {
-    uint32_t v = 0;
-    for (size_t i = 1; i <= n; i++)
-      v = v << 8 | p[i];
-    *msgid = v;
-    p += 1 + n;
-  }
-  if ((*p & 0xe0) != 0xa0)
-    return NULL;
-  n = *p++ & 0x1f;
-  if ((size_t)(end - p) < n + 1)
-    return NULL;
-  method->size = (uint32_t)n;
-  method->ptr = n ? (const char *)p : NULL; /* as msgpack_unpack */
-  p += n;
-  if (*p == 0x90) {
-    *pairs = -1;
-    return p + 1;
-  }
-  if (*p != 0x91 || end - p < 2 || (p[1] & 0xf0) != 0x80)
-    return NULL;
-  *pairs = p[1] & 0x0f;
-  return p + 2;
-}
-
 /* One flat value (or, with key set, a fixstr key) into *o. */
 static const uint8_t *flat_value(const uint8_t *p, const uint8_t *end,
                                  msgpack_object *o, bool key)
@@ -312,13 +255,63 @@ static const uint8_t *flat_value(const uint8_t *p, const uint8_t *end,
 }
 
 /*
+ * Reads the envelope up to the first key: the msgid, the method and the
+ * number of pairs (-1 for params []). Every read is bounded by end.
+ */
+static const uint8_t *flat_head(const uint8_t *p, const uint8_t *end,
+                                uint32_t *msgid, msgpack_object_str *method,
+                                int *pairs)
+{
+  size_t n;
+
+  if (end - p < 5 || p[0] != 0x94 || p[1] != 0x00)
+    return NULL;
+  p += 2;
+  switch (*p) {
+  case 0xcc:
+    n = 1;
+    break;
+  case 0xcd:
+    n = 2;
+    break;
+  case 0xce:
+    n = 4;
+    break;
+  default:
+    if (*p > 0x7f)
+      return NULL;
+    n = 0;
+  }
+  if ((size_t)(end - p) < n + 1)
+    return NULL;
+  uint32_t v = n ? 0 : *p; /* a positive fixint is its own value */
+  for (size_t i = 1; i <= n; i++)
+    v = v << 8 | p[i];
+  *msgid = v;
+  p += 1 + n;
+  msgpack_object m;
+  p = flat_value(p, end, &m, true); /* the method, a fixstr */
+  if (p == NULL || p == end)
+    return NULL;
+  *method = m.via.str;
+  if (*p == 0x90) {
+    *pairs = -1;
+    return p + 1;
+  }
+  if (*p != 0x91 || end - p < 2 || (p[1] & 0xf0) != 0x80)
+    return NULL;
+  *pairs = p[1] & 0x0f;
+  return p + 2;
+}
+
+/*
  * Decodes a request of the flat form into *req, its arguments in zone;
  * false, with *req untouched, for any other form.
  */
 static bool decode_flat(const uint8_t *p, const uint8_t *end,
                         msgpack_zone *zone, struct rpc_request *req)
 {
-  msgpack_object kv_buf[2 * 15];
+  msgpack_object *map = NULL;
   msgpack_object_str method;
   uint32_t msgid;
   int pairs;
@@ -326,27 +319,25 @@ static bool decode_flat(const uint8_t *p, const uint8_t *end,
   p = flat_head(p, end, &msgid, &method, &pairs);
   if (p == NULL)
     return false;
-  for (int i = 0; i < 2 * pairs && p != NULL; i++)
-    p = flat_value(p, end, &kv_buf[i], i % 2 == 0);
-  if (p != end)
-    return false;
-  const msgpack_object *args = NULL;
   if (pairs >= 0) {
     /* The same layout msgpack_unpack gives: a map object, its pairs. */
-    msgpack_object *map = msgpack_zone_malloc(zone, sizeof(*map));
     msgpack_object_kv *kv =
         pairs ? msgpack_zone_malloc(zone, (size_t)pairs * sizeof(*kv)) : NULL;
+    map = msgpack_zone_malloc(zone, sizeof(*map));
     if (map == NULL || (pairs && kv == NULL))
       return false;
-    for (int i = 0; i < pairs; i++) {
-      kv[i].key = kv_buf[2 * i];
-      kv[i].val = kv_buf[2 * i + 1];
+    for (int i = 0; i < pairs && p != NULL; i++) {
+      p = flat_value(p, end, &kv[i].key, true);
+      if (p != NULL)
+        p = flat_value(p, end, &kv[i].val, false);
     }
     map->type = MSGPACK_OBJECT_MAP;
     map->via.map.size = (uint32_t)pairs;
     map->via.map.ptr = kv;
-    args = map;
   }
+  if (p != end)
+    return false;
+  const msgpack_object *args = map;
   req->type = GS_RPC_REQUEST;
   req->msgid = msgid;
   req->method = method;

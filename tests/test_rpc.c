@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 
 #include "geosteer/protocol.h"
+#include "msgpack_same.h"
 #include "rng.h"
 #include "rpc.h"
 #include "scan.h"
@@ -308,39 +309,6 @@ static size_t rand_request(struct rng *r, uint8_t *p, bool *flat)
   return n;
 }
 
-static bool same_object(const msgpack_object *a, const msgpack_object *b)
-{
-  if (a->type != b->type)
-    return false;
-  switch (a->type) {
-  case MSGPACK_OBJECT_STR:
-    return a->via.str.size == b->via.str.size &&
-           (a->via.str.size == 0 ||
-            memcmp(a->via.str.ptr, b->via.str.ptr, a->via.str.size) == 0);
-  case MSGPACK_OBJECT_MAP:
-    if (a->via.map.size != b->via.map.size)
-      return false;
-    for (uint32_t i = 0; i < a->via.map.size; i++)
-      if (!same_object(&a->via.map.ptr[i].key, &b->via.map.ptr[i].key) ||
-          !same_object(&a->via.map.ptr[i].val, &b->via.map.ptr[i].val))
-        return false;
-    return true;
-  case MSGPACK_OBJECT_ARRAY:
-    if (a->via.array.size != b->via.array.size)
-      return false;
-    for (uint32_t i = 0; i < a->via.array.size; i++)
-      if (!same_object(&a->via.array.ptr[i], &b->via.array.ptr[i]))
-        return false;
-    return true;
-  case MSGPACK_OBJECT_BOOLEAN:
-    return a->via.boolean == b->via.boolean;
-  case MSGPACK_OBJECT_NIL:
-    return true;
-  default:
-    return a->via.u64 == b->via.u64;
-  }
-}
-
 Test(rpc, flat_form_decodes_as_the_general_decoder)
 {
   struct rng r = {20261206};
@@ -399,10 +367,10 @@ Test(rpc, flat_form_decodes_as_the_general_decoder)
       cr_assert_eq(msgid, req.msgid);
       msgpack_object method = {.type = MSGPACK_OBJECT_STR};
       method.via.str = req.method;
-      cr_assert(same_object(&method, &e[2]), "message %d: method", t);
+      cr_assert(msgpack_same(&method, &e[2]), "message %d: method", t);
       cr_assert_eq(req.args == NULL, ref_args == NULL, "message %d", t);
       if (ref_args != NULL)
-        cr_assert(same_object(req.args, ref_args), "message %d: arguments", t);
+        cr_assert(msgpack_same(req.args, ref_args), "message %d: arguments", t);
     }
     msgpack_zone_clear(&zone);
     msgpack_zone_clear(&ref_zone);
