@@ -109,8 +109,10 @@ $(BUILD)/geosteerd-san: $(BUILD)/san/server/geosteerd.o $(SERVER_SAN_OBJ) \
                        $(ENGINE_SAN_OBJ)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS)
 
+LOADGEN_PARSE_SAN_OBJ := $(BUILD)/san/bench/loadgen_rpc.o \
+                         $(BUILD)/san/bench/loadgen_resp.o
 $(BUILD)/run-tests: $(TEST_OBJ) $(SERVER_SAN_OBJ) $(ENGINE_SAN_OBJ) \
-                    $(CLIENT_SRC:%.c=$(BUILD)/san/%.o)
+                    $(CLIENT_SRC:%.c=$(BUILD)/san/%.o) $(LOADGEN_PARSE_SAN_OBJ)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS) $(TEST_LIBS)
 
 test: $(BUILD)/run-tests $(BUILD)/geosteer $(BUILD)/geosteerd-san $(GEODB) \
@@ -185,13 +187,15 @@ fuzz: $(BUILD)/fuzz-scan
 # bench/bench-load.sh starts both servers on free loopback ports and prints
 # `name: value unit` lines (docs/benchmarks.md). loadgen needs only libc;
 # its load engine (bench/loadgen_core.c, bench/loadgen_rpc.c) also drives
-# bench-optout's route.
+# bench-optout's route. The tests check both replies' parsers (loadgen_rpc,
+# loadgen_resp) against msgpack-c and by hand.
 .PHONY: bench-load
 
 LOADGEN_CORE_OBJ := $(BUILD)/opt/bench/loadgen_core.o \
                     $(BUILD)/opt/bench/loadgen_rpc.o
 
-$(BUILD)/loadgen: $(BUILD)/opt/bench/loadgen.o $(LOADGEN_CORE_OBJ)
+$(BUILD)/loadgen: $(BUILD)/opt/bench/loadgen.o $(BUILD)/opt/bench/loadgen_resp.o \
+                 $(LOADGEN_CORE_OBJ)
 	$(CC) $(OPT_CFLAGS) $(CFLAGS) -o $@ $^
 
 bench-load: $(BUILD)/loadgen $(BUILD)/geosteerd $(GEODB)

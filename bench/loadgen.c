@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "loadgen_core.h"
+#include "loadgen_resp.h"
 #include "loadgen_rpc.h"
 
 #define MAX_KEY (LOADGEN_REQ_MAX - 32) /* --key, bytes; GET adds 21 at most */
@@ -50,63 +51,6 @@ static size_t encode_get(char *p, uint32_t msgid,
   (void)addr;
   memcpy(p, resp_req, resp_req_len);
   return resp_req_len;
-}
-
-/*
- * A loadgen_parse_fn for replies to GET (bulk, simple, integer or error);
- * an error or a nil bulk reply failed.
- */
-static long resp_reply(const char *p, size_t len, uint32_t msgid, bool *failed,
-                       char *why, size_t why_size)
-{
-  const char *nl = memchr(p, '\n', len);
-  (void)msgid;
-  if (nl == NULL)
-    return 0;
-  size_t line = (size_t)(nl - p) + 1;
-  if (line < 3 || nl[-1] != '\r') {
-    snprintf(why, why_size, "reply line does not end in CRLF");
-    return -1;
-  }
-  *failed = false;
-  switch (p[0]) {
-  case '+':
-  case ':':
-    return (long)line;
-  case '-':
-    *failed = true;
-    snprintf(why, why_size, "%.*s", (int)line - 2, p);
-    return (long)line;
-  case '$': {
-    char *end;
-    long blen = strtol(p + 1, &end, 10);
-    if (end != nl - 1 || blen < -1) {
-      snprintf(why, why_size, "bad bulk length in reply");
-      return -1;
-    }
-    if (blen == -1) {
-      *failed = true;
-      snprintf(why, why_size, "nil (no key '%s')", key);
-      return (long)line;
-    }
-    if ((size_t)blen > LOADGEN_RECV_BUF ||
-        line + 2 + (size_t)blen > LOADGEN_RECV_BUF) {
-      snprintf(why, why_size, "bulk reply of %ld bytes exceeds %d bytes", blen,
-               LOADGEN_RECV_BUF);
-      return -1;
-    }
-    if (len - line < (size_t)blen + 2)
-      return 0;
-    if (p[line + (size_t)blen] != '\r' || p[line + (size_t)blen + 1] != '\n') {
-      snprintf(why, why_size, "bulk reply does not end in CRLF");
-      return -1;
-    }
-    return (long)(line + (size_t)blen + 2);
-  }
-  default:
-    snprintf(why, why_size, "unexpected reply type '%c'", p[0]);
-    return -1;
-  }
 }
 
 static void usage(void)
@@ -158,7 +102,7 @@ int main(int argc, char **argv)
       (size_t)snprintf(resp_req, sizeof(resp_req),
                        "*2\r\n$3\r\nGET\r\n$%zu\r\n%s\r\n", strlen(key), key);
   settings.encode = resp ? encode_get : encode_route;
-  settings.parse = resp ? resp_reply : loadgen_rpc_reply;
+  settings.parse = resp ? loadgen_resp_reply : loadgen_rpc_reply;
   if (loadgen_run(&settings, &r) != 0)
     return 1;
   printf("rps: %.0f req/s\n", r.rps);

@@ -174,8 +174,12 @@ static int flush(struct conn *c)
 {
   if (c->unstamped > 0) {
     uint64_t t = loadgen_now_ns();
-    for (uint32_t k = c->inflight - c->unstamped; k < c->inflight; k++)
-      c->sent_ns[(c->head + k) % settings->pipeline] = t;
+    uint32_t k = c->head + c->inflight - c->unstamped;
+    for (uint32_t i = 0; i < c->unstamped; i++, k++) {
+      if (k >= settings->pipeline)
+        k -= settings->pipeline;
+      c->sent_ns[k] = t;
+    }
     c->unstamped = 0;
   }
   while (c->out_off < c->out_len) {
@@ -216,7 +220,8 @@ static void start_measuring(uint64_t t)
 static void complete(struct conn *c, uint64_t t, bool failed, const char *why)
 {
   uint64_t sent = c->sent_ns[c->head];
-  c->head = (c->head + 1) % settings->pipeline;
+  if (++c->head == settings->pipeline)
+    c->head = 0;
   c->inflight--;
   c->oldest_msgid++;
   replied++;

@@ -23,16 +23,27 @@ static uint64_t be_read(const unsigned char *p, int n)
 }
 
 /*
- * Types 0xc4..0xdf (0xc1 is never used): bytes of the big-endian length or
- * count after the type byte, fixed bytes after those, and what the length
- * or count measures.
+ * What the type byte of an object says of it, one entry a byte value,
+ * filled in by mp_table_fill. advance: the bytes up to the end of the
+ * object, or of the length or count when it has one (the byte itself, a
+ * fixstr's or a fixed-size value's payload, the length or count); delta:
+ * the objects that follow as its contents (fixarray, fixmap) less itself.
+ * For the types with a length or count (kind not MP_FIXED): hdr, its bytes,
+ * big-endian; an ext has its type byte after it. Most objects of a reply
+ * are fix types.
  */
-enum { MP_FIXED, MP_BYTES, MP_ITEMS, MP_PAIRS };
-static const struct {
-  uint8_t hdr, fixed, kind;
-} mp_types[] = {
+enum { MP_FIXED, MP_BYTES, MP_EXT, MP_ITEMS, MP_PAIRS, MP_NEVER };
+struct mp_type {
+  uint8_t advance;
+  int8_t delta;
+  uint8_t hdr, kind;
+};
+static struct mp_type mp_table[256];
+
+/* Types 0xc4..0xdf: hdr, fixed payload bytes, kind. */
+static const uint8_t mp_wide[][3] = {
     {1, 0, MP_BYTES}, {2, 0, MP_BYTES},  {4, 0, MP_BYTES}, /* c4: bin */
-    {1, 1, MP_BYTES}, {2, 1, MP_BYTES},  {4, 1, MP_BYTES}, /* c7: ext */
+    {1, 1, MP_EXT},   {2, 1, MP_EXT},    {4, 1, MP_EXT},   /* c7: ext */
     {0, 4, MP_FIXED}, {0, 8, MP_FIXED},                    /* ca: float */
     {0, 1, MP_FIXED}, {0, 2, MP_FIXED},  {0, 4, MP_FIXED}, /* cc: uint */
     {0, 8, MP_FIXED},                                      /* cf */
@@ -44,50 +55,68 @@ static const struct {
     {2, 0, MP_ITEMS}, {4, 0, MP_ITEMS},                    /* dc: array */
     {2, 0, MP_PAIRS}, {4, 0, MP_PAIRS},                    /* de: map */
 };
-_Static_assert(sizeof(mp_types) / sizeof(mp_types[0]) == 0xdf - 0xc4 + 1,
+_Static_assert(sizeof(mp_wide) / sizeof(mp_wide[0]) == 0xdf - 0xc4 + 1,
                "one entry per type byte 0xc4..0xdf");
+
+static void mp_table_fill(void)
+{
+  for (int b = 0; b < 256; b++) {
+    struct mp_type *t = &mp_table[b];
+    *t = (struct mp_type){1, -1, 0, MP_FIXED}; /* fixints, nil, bools */
+    if (b >= 0x80 && b <= 0x8f)
+      t->delta = (int8_t)(2 * (b & 0x0f) - 1);
+    else if (b >= 0x90 && b <= 0x9f)
+      t->delta = (int8_t)((b & 0x0f) - 1);
+    else if (b >= 0xa0 && b <= 0xbf)
+      t->advance = (uint8_t)(1 + (b & 0x1f));
+    else if (b == 0xc1)
+      t->kind = MP_NEVER;
+    else if (b >= 0xc4 && b <= 0xdf && mp_wide[b - 0xc4][2] == MP_FIXED)
+      t->advance = (uint8_t)(1 + mp_wide[b - 0xc4][1]);
+    else if (b >= 0xc4 && b <= 0xdf)
+      *t = (struct mp_type){(uint8_t)(1 + mp_wide[b - 0xc4][0]), -1,
+                            mp_wide[b - 0xc4][0], mp_wide[b - 0xc4][2]};
+  }
+}
 
 /*
  * Length of the complete MessagePack object at p[0..len): 0 while it is
  * incomplete, -1 when the bytes are not MessagePack. No recursion: pending
- * counts the objects still to be skipped.
+ * counts the objects still to be skipped. One table entry an object; only
+ * the types with a length or count after the type byte take the longer
+ * way. pos may pass len on a payload that is not all there yet: then the
+ * next object's read or the last check says incomplete.
  */
 static long mp_skip(const unsigned char *p, size_t len)
 {
   size_t pos = 0;
-  uint64_t pending = 1;
+  int64_t pending = 1;
 
-  while (pending > 0) {
+  if (mp_table[0xc1].kind != MP_NEVER)
+    mp_table_fill();
+  do {
     if (pos >= len)
       return 0;
-    unsigned char b = p[pos++];
-    uint64_t skip = 0; /* bytes after the type byte and its header */
-    pending--;
-    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
-      continue;
-    if ((b & 0xe0) == 0xa0) {
-      skip = b & 0x1f;
-    } else if ((b & 0xf0) == 0x90) {
-      pending += b & 0x0f;
-    } else if ((b & 0xf0) == 0x80) {
-      pending += 2u * (b & 0x0f);
-    } else if (b >= 0xc4) {
-      int hdr = mp_types[b - 0xc4].hdr, kind = mp_types[b - 0xc4].kind;
-      uint64_t n = 0;
-      if (len - pos < (size_t)hdr)
+    const struct mp_type t = mp_table[p[pos]];
+    pos += t.advance;
+    pending += t.delta;
+    if (t.kind != MP_FIXED) {
+      if (t.kind == MP_NEVER)
+        return -1;
+      if (pos > len)
         return 0;
-      n = be_read(p + pos, hdr);
-      pos += (size_t)hdr;
-      skip = mp_types[b - 0xc4].fixed + (kind == MP_BYTES ? n : 0);
-      pending += kind == MP_ITEMS ? n : kind == MP_PAIRS ? 2 * n : 0;
-    } else {
-      return -1;
+      uint64_t n = be_read(p + pos - t.hdr, t.hdr);
+      if (t.kind == MP_BYTES || t.kind == MP_EXT) {
+        n += t.kind == MP_EXT; /* its type byte */
+        if (n > len - pos)
+          return 0;
+        pos += (size_t)n;
+      } else {
+        pending += (int64_t)(t.kind == MP_ITEMS ? n : 2 * n);
+      }
     }
-    if (skip > len - pos)
-      return 0;
-    pos += (size_t)skip;
-  }
-  return (long)pos;
+  } while (pending > 0);
+  return pos <= len ? (long)pos : 0;
 }
 
 /* Reads a non-negative integer at p[*pos] of a complete object. */
