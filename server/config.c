@@ -623,6 +623,7 @@ static const struct key top_keys[] = {
      .aux_offset = FIELD(ntrusted),
      .dflt_list = default_trusted},
     INT("workers", workers, 1, CONFIG_MAX_WORKERS, 1),
+    INT("busy_poll_us", busy_poll_us, 0, 1000, 50),
     {.name = "anonymous", .read = read_anonymous},
     {.name = "share", .section = share_keys},
     SECTION("limits", limits_keys),

@@ -75,6 +75,7 @@ struct config {
   struct cidr *trusted;     /* trusted_proxies */
   size_t ntrusted;
   int workers;              /* 1..64, default 1 */
+  int busy_poll_us;         /* 0..1000, default 50; 0: off */
   size_t max_message;       /* bytes, default 4096 */
   size_t max_connections;   /* default 10000 */
   uint64_t idle_timeout_ms; /* default 30000 */

@@ -47,6 +47,7 @@ static void reject_drain(struct conn *c);
 static void flush(struct conn *c);
 static void process_input(struct conn *c);
 static void on_flush_check(uv_check_t *h);
+static void on_poll_idle(uv_idle_t *h);
 static void handle_input(struct conn_server *srv);
 
 int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
@@ -70,6 +71,9 @@ int conn_server_init(struct conn_server *srv, uv_loop_t *loop,
   srv->flusher.data = srv;
   uv_check_start(&srv->flusher, on_flush_check);
   uv_unref((uv_handle_t *)&srv->flusher); /* does not keep the loop alive */
+  uv_idle_init(loop, &srv->poller);
+  srv->poller.data = srv;
+  uv_unref((uv_handle_t *)&srv->poller);
   return 0;
 }
 
@@ -489,6 +493,35 @@ static void handle_input(struct conn_server *srv)
   }
 }
 
+/*
+ * Busy polling. Going to sleep in epoll_wait and being woken costs both
+ * sides of a connection more than the request itself on a virtual machine
+ * (the sleeping CPU halts; the sender pays for the wake-up), so a loop that
+ * has just read something keeps polling with a zero timeout: an active
+ * idle handle makes libuv's poll phase return at once. The handle checks
+ * the clock once an iteration and stops itself when nothing was read for
+ * poll_ns; then the loop sleeps as usual. An idle server never spins.
+ */
+static void poll_after_read(struct conn_server *srv)
+{
+  srv->poll_read = true;
+  if (srv->poll_ns > 0 && !uv_is_active((uv_handle_t *)&srv->poller))
+    uv_idle_start(&srv->poller, on_poll_idle);
+}
+
+static void on_poll_idle(uv_idle_t *h)
+{
+  struct conn_server *srv = h->data;
+  uint64_t now = uv_hrtime();
+
+  if (srv->poll_read) {
+    srv->poll_read = false;
+    srv->poll_since_ns = now;
+  } else if (now - srv->poll_since_ns >= srv->poll_ns || srv->stopping) {
+    uv_idle_stop(h);
+  }
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
   struct conn *c = s->data;
@@ -501,6 +534,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
   if (nread == 0)
     return;
   c->in_len += (size_t)nread;
+  poll_after_read(c->srv);
   /* With a prefetch hook the input waits for the check handle, so that
    * one read-ahead batch spans every connection of this iteration. A full
    * buffer is handled now: libuv reads again at once. */

@@ -88,6 +88,14 @@ struct conn_server {
    * then written newest first, as before this queue. */
   struct conn *input_head, *input_tail;
   uv_check_t flusher;
+  /*
+   * Busy polling, when poll_ns > 0 (set after init): once a loop iteration
+   * has read something, the loop polls without sleeping until poll_ns have
+   * passed with nothing read (see on_poll_idle in conn.c).
+   */
+  uv_idle_t poller;
+  uint64_t poll_ns, poll_since_ns;
+  bool poll_read; /* something was read since the poller last looked */
   uv_stream_t *listeners[CONFIG_MAX_LISTEN + 2];
   int nlisteners;
   bool stopping;

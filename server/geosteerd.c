@@ -111,6 +111,7 @@ static int start_workers(struct daemon *d, struct diag *diag)
     w->srv.prefetch = route_prefetch;
     w->srv.prefetch_done = route_prefetch_done;
     w->srv.timed = true; /* the route latency histogram */
+    w->srv.poll_ns = (uint64_t)cfg->busy_poll_us * 1000;
     for (size_t k = 0; k < cfg->nroute; k++) {
       struct listen_addr la = cfg->route[k];
       if (i > 0)
@@ -129,8 +130,9 @@ static int start_workers(struct daemon *d, struct diag *diag)
   for (size_t k = 0; k < cfg->nroute; k++) {
     char text[80];
     conn_format_listen(&cfg->route[k], ports[k], text, sizeof(text));
-    log_event(LOG_INFO, "listening", "kind=route addr=%s workers=%d", text,
-              d->nworkers);
+    log_event(LOG_INFO, "listening",
+              "kind=route addr=%s workers=%d busy_poll_us=%d", text,
+              d->nworkers, cfg->busy_poll_us);
   }
   for (int i = 0; i < d->nworkers; i++)
     if (uv_thread_create(&d->workers[i].thread, worker_main, &d->workers[i]) !=

@@ -84,6 +84,7 @@ static int load_text(const char *text, struct diag *d, char **path_out)
 static void assert_default_limits(const struct config *c)
 {
   cr_assert_eq(c->workers, 1);
+  cr_assert_eq(c->busy_poll_us, 50);
   cr_assert_eq(c->max_message, 4096);
   cr_assert_eq(c->max_connections, 10000);
   cr_assert_eq(c->idle_timeout_ms, 30000);
@@ -226,6 +227,7 @@ Test(config, every_key_set)
                  "admin_token_file: token\n" GEO "store: { path: s.db }\n"
                  "trusted_proxies: [\"10.0.0.0/8\", \"2001:db8::/32\"]\n"
                  "workers: 64\n"
+                 "busy_poll_us: 0\n"
                  "limits: { max_message: 16777216, max_connections: 1,\n"
                  "          idle_timeout_ms: 86400000,\n"
                  "          max_pending_bytes: 4096 }\n");
@@ -247,6 +249,7 @@ Test(config, every_key_set)
   cr_assert(c->trusted[1].net == addr_make(0x20010db800000000ull, 0));
   cr_assert_eq(c->trusted[1].plen, 32);
   cr_assert_eq(c->workers, 64);
+  cr_assert_eq(c->busy_poll_us, 0);
   cr_assert_eq(c->max_message, 16777216);
   cr_assert_eq(c->max_connections, 1);
   cr_assert_eq(c->idle_timeout_ms, 86400000);
@@ -330,7 +333,8 @@ static const struct bad_case bad_cases[] = {
     /* unknown keys, at every level */
     {"unknown top key", MINIMAL "colour: blue\n",
      "4: unknown key 'colour' (expected one of: listen, admin_token_file, "
-     "geo, store, trusted_proxies, workers, anonymous, share, limits)"},
+     "geo, store, trusted_proxies, workers, busy_poll_us, anonymous, share, "
+     "limits)"},
     {"unknown listen key", "listen:\n  rout: [\"127.0.0.1:7400\"]\n" GEO,
      "2: unknown key 'rout' in listen (expected one of: route, admin, "
      "metrics, admin_tcp)"},
@@ -468,6 +472,10 @@ static const struct bad_case bad_cases[] = {
      "4: key 'workers': must be an integer in 1..64, got a list"},
     {"workers quoted", MINIMAL "workers: \"2\"\n",
      "4: key 'workers': must be an integer in 1..64, got \"2\""},
+    {"busy_poll_us negative", MINIMAL "busy_poll_us: -1\n",
+     "4: key 'busy_poll_us': must be an integer in 0..1000, got \"-1\""},
+    {"busy_poll_us too long", MINIMAL "busy_poll_us: 1001\n",
+     "4: key 'busy_poll_us': must be an integer in 0..1000, got \"1001\""},
     {"max_message low", MINIMAL "limits: { max_message: 63 }\n",
      "4: key 'limits.max_message': must be an integer in 64..16777216, got "
      "\"63\""},

@@ -1598,6 +1598,56 @@ Test(server, sigterm_with_requests_in_flight)
   server_destroy(&s);
 }
 
+/*
+ * Busy polling off, and at its longest with two workers: the same
+ * answers, pipelined replies in order, and a clean stop with a batch in
+ * flight (the polling handle must not keep a worker's loop alive).
+ */
+static void busy_poll_setting(const char *extra, const char *logged)
+{
+  struct server s;
+  msgpack_sbuffer sb;
+  struct rbuf in = {0};
+  struct replies r;
+  char *log;
+  int fd, end;
+
+  start_default(&s, &(struct server_opts){.extra = extra});
+  log = server_log(&s);
+  cr_assert(strstr(log, logged), "no '%s' in the log:\n%s", logged, log);
+  free(log);
+  route_on_new_connections(&s, "81.2.69.5", "lhr", 10);
+  fd = raw_connect(&s);
+  msgpack_sbuffer_init(&sb);
+  pack_route_batch(&sb, 1, 100);
+  end = raw_exchange(fd, sb.data, sb.size, &in, 100, HARNESS_IO_WAIT_MS, NULL);
+  cr_assert_eq(end, RAW_REPLIES, "%s", raw_end_name(end));
+  replies_parse(&r, in.data, in.len);
+  cr_assert_eq(r.n, 100);
+  for (size_t i = 0; i < r.n; i++)
+    cr_assert(obj_is_str(obj_get(result_of(&r.obj[i], (uint32_t)i + 1), "dc"),
+                         load_ips[(i + 1) % NLOAD_IPS].dc));
+  replies_free(&r);
+  cr_assert_eq(send(fd, sb.data, sb.size, MSG_NOSIGNAL), (ssize_t)sb.size);
+  server_signal(&s, SIGTERM);
+  server_wait_stopped(&s);
+  close(fd);
+  rbuf_free(&in);
+  msgpack_sbuffer_destroy(&sb);
+  server_destroy(&s);
+}
+
+Test(server, busy_poll_off)
+{
+  busy_poll_setting("busy_poll_us: 0", "workers=1 busy_poll_us=0");
+}
+
+Test(server, busy_poll_longest_with_two_workers)
+{
+  busy_poll_setting("busy_poll_us: 1000\nworkers: 2",
+                    "workers=2 busy_poll_us=1000");
+}
+
 Test(server, sigterm_closes_idle_connections)
 {
   struct server s;
