@@ -498,8 +498,9 @@ static void handle_input(struct conn_server *srv)
  * sides of a connection more than the request itself on a virtual machine
  * (the sleeping CPU halts; the sender pays for the wake-up), so a loop that
  * has just read something keeps polling with a zero timeout: an active
- * idle handle makes libuv's poll phase return at once. The handle checks
- * the clock once an iteration and stops itself when nothing was read for
+ * idle handle makes libuv's poll phase return at once. The handle reads
+ * the clock only in iterations that read nothing (a busy loop pays no
+ * clock read for it) and stops itself once such iterations have gone on for
  * poll_ns; then the loop sleeps as usual. An idle server never spins.
  */
 static void poll_after_read(struct conn_server *srv)
@@ -512,14 +513,17 @@ static void poll_after_read(struct conn_server *srv)
 static void on_poll_idle(uv_idle_t *h)
 {
   struct conn_server *srv = h->data;
-  uint64_t now = uv_hrtime();
 
-  if (srv->poll_read) {
+  if (srv->poll_read) { /* the window starts again, at the next quiet pass */
     srv->poll_read = false;
-    srv->poll_since_ns = now;
-  } else if (now - srv->poll_since_ns >= srv->poll_ns || srv->stopping) {
-    uv_idle_stop(h);
+    srv->poll_since_ns = 0;
+    return;
   }
+  uint64_t now = uv_hrtime();
+  if (srv->poll_since_ns == 0)
+    srv->poll_since_ns = now;
+  else if (now - srv->poll_since_ns >= srv->poll_ns)
+    uv_idle_stop(h);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)

@@ -94,8 +94,9 @@ struct conn_server {
    * passed with nothing read (see on_poll_idle in conn.c).
    */
   uv_idle_t poller;
-  uint64_t poll_ns, poll_since_ns;
-  bool poll_read; /* something was read since the poller last looked */
+  uint64_t poll_ns;
+  uint64_t poll_since_ns; /* start of the quiet iterations; 0: none yet */
+  bool poll_read;         /* something was read since the poller last looked */
   uv_stream_t *listeners[CONFIG_MAX_LISTEN + 2];
   int nlisteners;
   bool stopping;
